@@ -1,0 +1,61 @@
+"""The `latentspace` command. `main(argv) -> int`, so tests call it in-process.
+
+Each command group lives in `latentspace.commands.<module>` and registers its sub-commands;
+errors a user can act on (`LatentspaceError`) print one line and exit 1, without a traceback
+unless --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from latentspace._version import __version__
+from latentspace.errors import LatentspaceError
+
+__all__ = ["main"]
+
+# Command modules, in the order `latentspace --help` lists them.
+COMMAND_MODULES = (
+    "latentspace.commands.train",
+    "latentspace.commands.use",
+    "latentspace.commands.data",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentspace",
+        description="Train, explore and tune autoencoders, VAEs and GANs on image data.",
+    )
+    parser.add_argument("--version", action="version", version=f"latentspace {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except LatentspaceError as error:
+        if args.debug:
+            raise
+        print(f"latentspace: error: {error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `latentspace info RUN | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except KeyboardInterrupt:
+        print("latentspace: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Using a trained run: encode, decode, generate, reconstruct, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from latentspace.commands._common import add_device_arguments, batched, load_input, open_run_for_use
+from latentspace.errors import DataError
+from latentspace.imaging import save_grid, save_images
+from latentspace.runs import atomic_write
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("encode", help="images -> latent codes (.npz)")
+    p.add_argument("run", type=Path)
+    p.add_argument("input", help="NAME[:split] (default split: test), image folder, or .npy/.npz")
+    p.add_argument("--out", type=Path, required=True, help="codes file to write (.npz)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument(
+        "--sample",
+        action="store_true",
+        help="VAE: draw from the posterior instead of taking its mean",
+    )
+    p.add_argument("--seed", type=int, default=0, help="with --sample")
+    p.add_argument("--limit", type=int, help="encode only the first N images")
+    add_device_arguments(p)
+    p.set_defaults(handler=run_encode)
+
+    p = subparsers.add_parser("decode", help="latent codes (.npz) -> images")
+    p.add_argument("run", type=Path)
+    p.add_argument("codes", type=Path, help="a codes file written by `latentspace encode`")
+    p.add_argument(
+        "--out", type=Path, required=True, help="a folder (one PNG per code) or grid.png"
+    )
+    add_device_arguments(p)
+    p.set_defaults(handler=run_decode)
+
+    p = subparsers.add_parser("generate", help="new images from the model's prior")
+    p.add_argument("run", type=Path)
+    p.add_argument("-n", type=int, default=64, help="how many images (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="grid.png, or a folder for single PNGs")
+    add_device_arguments(p)
+    p.set_defaults(handler=run_generate)
+
+    p = subparsers.add_parser("reconstruct", help="originals above, reconstructions below")
+    p.add_argument("run", type=Path)
+    p.add_argument("input", help="NAME[:split] (default split: test), image folder, or .npy/.npz")
+    p.add_argument("-n", type=int, default=16, help="how many images (default 16)")
+    p.add_argument("--out", type=Path, required=True, help="grid.png to write")
+    add_device_arguments(p)
+    p.set_defaults(handler=run_reconstruct)
+
+    p = subparsers.add_parser("info", help="a run's config, layers and final metrics")
+    p.add_argument("run", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=run_info, device="cpu", threads=0)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    run = open_run_for_use(args)
+    images = load_input(args.input, run, args.limit)
+    generator = torch.Generator().manual_seed(args.seed)
+    model = run.model
+    codes = batched(
+        lambda x: model.encode(x, sample=args.sample, generator=generator),
+        images.images,
+        model.device,
+    )
+    array = codes.numpy().astype(args.dtype)
+    payload: dict[str, Any] = {
+        "codes": array,
+        "run": np.array(str(run.path)),
+        "source": np.array(images.source),
+    }
+    if images.labels is not None:
+        payload["labels"] = images.labels.numpy()
+    if images.names is not None:
+        payload["names"] = np.array(images.names)
+    out = args.out if args.out.suffix == ".npz" else args.out.with_suffix(".npz")
+    atomic_write(out, lambda tmp: np.savez(tmp.open("wb"), **payload))
+    image_bytes = images.images.numel()  # uint8: one byte per pixel value
+    print(
+        f"encoded {len(array)} images {images.image_shape} -> {array.shape[1]} {args.dtype} "
+        f"each into {out}"
+    )
+    print(
+        f"images {_human(image_bytes)} -> codes {_human(array.nbytes)} "
+        f"(compression {image_bytes / array.nbytes:.1f}x)"
+    )
+    return 0
+
+
+def _read_codes(path: Path, latent_dim: int) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "codes" not in data:
+                raise DataError(f"{path} has no 'codes' array; write it with `latentspace encode`")
+            codes = data["codes"]
+    except FileNotFoundError:
+        raise DataError(f"codes file {path} not found") from None
+    except (ValueError, OSError) as error:
+        raise DataError(f"cannot read codes file {path}: {error}") from None
+    if codes.ndim != 2 or codes.shape[1] != latent_dim:
+        raise DataError(
+            f"codes in {path} have shape {codes.shape}; this run needs (N, {latent_dim})"
+        )
+    if not np.isfinite(codes).all():
+        raise DataError(f"codes in {path} contain NaN or infinite values")
+    return codes
+
+
+def _write_images(images: torch.Tensor, out: Path) -> str:
+    if out.suffix.lower() == ".png":
+        save_grid(images, out)
+        return f"a grid of {len(images)} images in {out}"
+    save_images(images, out)
+    return f"{len(images)} PNG files in {out}/"
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    run = open_run_for_use(args)
+    codes = torch.from_numpy(_read_codes(args.codes, run.model.latent_dim).astype(np.float32))
+    with torch.no_grad():
+        images = torch.cat(
+            [
+                run.model.decode(codes[i : i + 500].to(run.model.device)).cpu()
+                for i in range(0, len(codes), 500)
+            ]
+        )
+    print(f"decoded {_write_images(images, args.out)}")
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise DataError(f"-n {args.n}: ask for at least one image")
+    run = open_run_for_use(args)
+    images = run.model.generate(args.n, generator=torch.Generator().manual_seed(args.seed)).cpu()
+    print(f"generated {_write_images(images, args.out)}")
+    return 0
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    run = open_run_for_use(args)
+    images = load_input(args.input, run, max(1, args.n))
+    model = run.model
+    recon = batched(model.reconstruct, images.images, model.device)
+    originals = images.images.float() / 255
+    nrow = min(len(originals), 8)
+    rows = []
+    for start in range(0, len(originals), nrow):  # an originals row, then its reconstructions
+        rows += [originals[start : start + nrow], recon[start : start + nrow]]
+    grid_rows = [torch.cat([r, torch.ones(nrow - len(r), *r.shape[1:])]) for r in rows]
+    save_grid(torch.cat(grid_rows), args.out, nrow=nrow)
+    error = float((recon - originals).pow(2).mean())
+    print(
+        f"wrote {args.out}: each row of originals is followed by its reconstructions "
+        f"(mean squared error {error:.5f})"
+    )
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from latentspace.config import config_to_dict
+
+    run = open_run_for_use(args)
+    layers = [(name, tuple(p.shape), p.numel()) for name, p in run.model.named_parameters()]
+    epochs = [r for r in run.metrics if r.get("kind", "epoch") == "epoch"]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "run": str(run.path),
+                    "image_shape": run.image_shape,
+                    "config": config_to_dict(run.config),
+                    **run.info,
+                    "parameters": {n: c for n, _, c in layers},
+                    "last_epoch": epochs[-1] if epochs else None,
+                }
+            )
+        )
+        return 0
+    print(
+        f"run {run.path}: {run.model.name} on {run.config.data.dataset}, images "
+        f"{'x'.join(map(str, run.image_shape))}, latent_dim {run.model.latent_dim}, "
+        f"latentspace {run.info.get('latentspace_version')}"
+    )
+    for section, values in config_to_dict(run.config).items():
+        print(f"[{section}] " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    print(f"parameters: {sum(c for *_, c in layers):,}")
+    for name, shape, count in layers:
+        print(f"  {name:<40} {'x'.join(map(str, shape)):>14} {count:>10,}")
+    if epochs:
+        last = epochs[-1]
+        terms = ", ".join(f"{k} {v:.4f}" for k, v in last.get("val", last["train"]).items())
+        print(f"after epoch {last['epoch']}: {'validation' if 'val' in last else 'train'} {terms}")
+    else:
+        print("not trained yet (no epochs in metrics.jsonl)")
+    return 0

@@ -1,0 +1,59 @@
+"""Datasets: named sets (MNIST, Fashion-MNIST), image folders and arrays, all as `ImageSet`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from latentspace.data.batches import Batches, binarize_static, to_float
+from latentspace.data.datasets import DATASETS, data_home, dataset_status, fetch, load_named
+from latentspace.data.files import load_array, load_folder, load_image
+from latentspace.data.imageset import ImageSet
+from latentspace.errors import DataError
+
+__all__ = [
+    "DATASETS",
+    "Batches",
+    "ImageSet",
+    "binarize_static",
+    "data_home",
+    "dataset_status",
+    "fetch",
+    "load_array",
+    "load_folder",
+    "load_image",
+    "load_named",
+    "resolve",
+    "to_float",
+]
+
+
+def resolve(
+    spec: str,
+    *,
+    default_split: str = "train",
+    size: int | None = None,
+    channels: int | None = None,
+    strict: bool = False,
+) -> ImageSet:
+    """The one function that turns what a user wrote into images.
+
+    spec: `NAME` or `NAME:split` for a named dataset (`mnist:test`), a folder of images, or a
+    `.npy` / `.npz` file.
+    """
+    name, _, split = spec.partition(":")
+    if name in DATASETS:
+        return load_named(name, split or default_split)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return load_folder(path, size=size, channels=channels, strict=strict)
+    if path.suffix in (".npy", ".npz"):
+        return load_array(path)
+    if path.exists():
+        raise DataError(
+            f"cannot use {spec} as a dataset: give a folder of images, a .npy or .npz "
+            "file, or a dataset name"
+        )
+    raise DataError(
+        f"dataset {spec!r} not found: not a known name ({', '.join(DATASETS)}), "
+        "nor an existing folder or .npy/.npz file"
+    )

@@ -1,0 +1,98 @@
+"""Deterministic autoencoder. It generates from a Gaussian fitted to its training codes, which is
+stored in the run as buffers (`prior_mean`, `prior_scale_tril`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import torch
+
+from latentspace.models.base import GenerativeModel
+from latentspace.models.layers import NetworkConfig, build_decoder, build_encoder
+from latentspace.models.likelihood import check_likelihood, mean_image, reconstruction_nll
+
+__all__ = ["AEConfig", "AELoss", "AutoEncoder"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AEConfig(NetworkConfig):
+    name: str = "ae"
+    likelihood: str = "bernoulli"  # bernoulli (BCE, data in [0, 1]) | gaussian (MSE)
+    gaussian_std: float = 0.1  # gaussian: the fixed pixel standard deviation
+
+    def validate(self) -> None:
+        super().validate()
+        check_likelihood(self.likelihood, self.gaussian_std)
+
+
+class AELoss(NamedTuple):
+    """Summed over pixels, averaged over the batch (nats per image)."""
+
+    reconstruction: torch.Tensor
+    total: torch.Tensor
+
+
+class AutoEncoder(GenerativeModel):
+    name = "ae"
+    config_class = AEConfig
+    config: AEConfig
+    prior_mean: torch.Tensor
+    prior_scale_tril: torch.Tensor
+
+    def __init__(self, config: AEConfig, image_shape: tuple[int, int, int]) -> None:
+        super().__init__(config, image_shape)
+        self.encoder = build_encoder(config, image_shape, config.latent_dim)
+        self.decoder = build_decoder(config, image_shape)
+        self.register_buffer("prior_mean", torch.zeros(config.latent_dim))
+        self.register_buffer("prior_scale_tril", torch.eye(config.latent_dim))
+
+    def loss(self, x: torch.Tensor) -> AELoss:
+        logits = self.decoder(self.encoder(x))
+        reconstruction = reconstruction_nll(
+            logits, x, self.config.likelihood, self.config.gaussian_std
+        ).mean()
+        return AELoss(reconstruction, reconstruction)
+
+    def training_step(
+        self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
+    ) -> dict[str, float]:
+        terms = self.loss(x)
+        l1, l2 = self.penalties()
+        total = terms.total + l1 + l2
+        self.optimizer_step(optimizers[0], total)
+        values = torch.stack([terms.reconstruction, l1, l2, total]).tolist()
+        return dict(zip(("reconstruction", "l1", "l2", "total"), values, strict=True))
+
+    @torch.no_grad()
+    def validation_step(self, x: torch.Tensor) -> dict[str, float]:
+        terms = self.loss(x)
+        return {"reconstruction": float(terms.reconstruction), "total": float(terms.total)}
+
+    @torch.no_grad()
+    def on_train_end(self, batches: Iterable[torch.Tensor]) -> None:
+        """Fit N(mean, cov) to the training codes so that `generate` has a prior to draw from."""
+        was_training = self.training
+        self.eval()
+        codes = torch.cat([self.encoder(x) for x in batches]).double()
+        self.train(was_training)
+        mean = codes.mean(0)
+        centred = codes - mean
+        cov = centred.T @ centred / max(1, len(codes) - 1)
+        cov += 1e-5 * torch.eye(len(mean), dtype=cov.dtype, device=cov.device)  # keeps it positive
+        self.prior_mean.copy_(mean.float())
+        self.prior_scale_tril.copy_(torch.linalg.cholesky(cov).float())
+
+    def sample_latent(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
+        return self.prior_mean + eps @ self.prior_scale_tril.T
+
+    def encode(
+        self, x: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The code; an autoencoder is deterministic, so `sample` changes nothing."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return mean_image(self.decoder(z))

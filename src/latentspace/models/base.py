@@ -1,0 +1,136 @@
+"""`GenerativeModel`: what every model family offers the trainer and the user.
+
+The model owns its optimisation step (as in Lightning's manual optimisation): the trainer asks it
+for its optimizers once, then hands it batches. That is what lets one trainer serve an
+autoencoder, a VAE and a GAN without knowing which it drives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from latentspace.config import TrainConfig
+from latentspace.models.layers import weight_penalties
+
+__all__ = ["GenerativeModel", "make_optimizer"]
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter], train: TrainConfig, lr: float | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer `train.optimizer` names, over `params`."""
+    lr = train.lr if lr is None else lr
+    params = list(params)
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay
+        )
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=train.betas, weight_decay=train.weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=train.betas, weight_decay=train.weight_decay)
+
+
+class GenerativeModel(nn.Module):
+    """Base class of AE, VAE and GAN. Images are (B, C, H, W) floats in [0, 1]; codes are (B, D)."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any, image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.image_shape = tuple(image_shape)
+        self.train_config = TrainConfig()
+        self.epoch = 0  # set by the trainer at the start of every epoch
+        self.epochs = 1
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.config.latent_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- training: called by the trainer -------------------------------------------------
+    def configure_optimizers(self, train: TrainConfig) -> list[torch.optim.Optimizer]:
+        """One optimizer over all parameters; a GAN returns two."""
+        self.train_config = train
+        return [make_optimizer(self.parameters(), train)]
+
+    def training_step(
+        self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
+    ) -> dict[str, float]:
+        """One optimisation step on batch x; returns the named loss terms as floats."""
+        raise NotImplementedError
+
+    def validation_step(self, x: torch.Tensor) -> dict[str, float]:
+        """The same named terms as training_step, without updating anything."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        self.epoch, self.epochs = epoch, epochs
+
+    def on_train_end(self, batches: Iterable[torch.Tensor]) -> None:
+        """Called once after the last epoch with the training batches (AE fits its prior here)."""
+
+    def penalties(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(l1 * sum|w|, l2 * sum w^2) with the run's coefficients; zeros when both are off."""
+        train = self.train_config
+        if train.l1 == 0 and train.l2 == 0:
+            zero = torch.zeros((), device=self.device)
+            return zero, zero
+        l1, l2 = weight_penalties(self)
+        return train.l1 * l1, train.l2 * l2
+
+    def optimizer_step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        loss: torch.Tensor,
+        parameters: Iterable[nn.Parameter] | None = None,
+    ) -> None:
+        """Backpropagate `loss` and take one step, clipping the gradient norm when configured."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.train_config.grad_clip > 0:
+            params = list(parameters) if parameters is not None else list(self.parameters())
+            nn.utils.clip_grad_norm_(params, self.train_config.grad_clip)
+        optimizer.step()
+
+    # ---- use: encode, decode, generate ----------------------------------------------------
+    def encode(
+        self, x: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """x: (B, C, H, W) in [0, 1] -> z: (B, D). Deterministic unless sample=True."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, D) -> images (B, C, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+    def sample_latent(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n codes from the model's prior: (n, D)."""
+        z = torch.randn(n, self.latent_dim, generator=generator)
+        return z.to(self.device)
+
+    @torch.no_grad()
+    def generate(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n new images (n, C, H, W) in [0, 1] decoded from the prior."""
+        was_training = self.training
+        self.eval()
+        images = self.decode(self.sample_latent(n, generator=generator))
+        self.train(was_training)
+        return images
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        images = self.decode(self.encode(x))
+        self.train(was_training)
+        return images

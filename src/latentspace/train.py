@@ -1,0 +1,371 @@
+"""The generic trainer: epochs, validation, early stopping, checkpoints, progress and callbacks.
+
+Nothing here knows which model family it drives: the model configures its own optimizers and
+takes its own steps (`GenerativeModel.training_step`), and the trainer only loops, measures and
+saves. A run directory is written at the start and after every epoch, atomically, so an
+interrupted run can be resumed to the same weights an uninterrupted one would reach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from latentspace import runs
+from latentspace._device import configure_threads, select_device
+from latentspace.config import Config, TrainConfig
+from latentspace.data import Batches, ImageSet, binarize_static, resolve
+from latentspace.errors import RunError, TrainingDiverged
+from latentspace.models import GenerativeModel, build_model
+
+__all__ = ["Callback", "StopTraining", "Trainer", "average_terms", "prepare_data", "train"]
+
+# Data larger than this stays in host memory and is copied to the GPU batch by batch.
+_MAX_DEVICE_BYTES = 2 * 1024**3
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training cleanly after the current epoch (state is saved)."""
+
+
+class Callback(Protocol):
+    """Hooks into training. Any may be absent; on_epoch_end may raise StopTraining (or a tuning
+    library's pruning exception, which propagates after the epoch is saved)."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_batch_end(self, trainer: Trainer, x: torch.Tensor, terms: dict[str, float]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+def _call(callbacks: Sequence[object], hook: str, *args: Any) -> None:
+    for callback in callbacks:
+        method = getattr(callback, hook, None)
+        if method is not None:
+            method(*args)
+
+
+def prepare_data(config: Config) -> tuple[ImageSet, ImageSet | None]:
+    """Resolve the dataset, apply limit and static binarization, and hold out validation images."""
+    data = config.data
+    images = resolve(data.dataset, size=data.size, channels=data.channels, strict=data.strict)
+    if data.limit is not None:
+        images = images.head(data.limit)
+    if data.binarize == "static":
+        images = dataclasses.replace(
+            images, images=binarize_static(images.images, config.train.seed)
+        )
+    return images.split(data.val_fraction, config.train.seed)
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if train.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=train.epochs, eta_min=train.min_lr
+        )
+    if train.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=train.step_size, gamma=train.gamma
+        )
+    return None
+
+
+@torch.no_grad()
+def average_terms(model: GenerativeModel, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+    """The model's validation terms averaged over images (weighted by batch size)."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    count = 0
+    for x in batches:
+        for key, value in model.validation_step(x).items():
+            sums[key] = sums.get(key, 0.0) + value * len(x)
+        count += len(x)
+    model.train(was_training)
+    return {key: value / max(count, 1) for key, value in sums.items()}
+
+
+def _divergence_advice(train: TrainConfig) -> str:
+    high = {"sgd": 0.1, "adam": 0.01, "adamw": 0.01}[train.optimizer]
+    if train.lr >= high:
+        return (
+            f"learning rate {train.lr:g} is probably too high for {train.optimizer}; "
+            f"try --lr {train.lr / 10:g}"
+        )
+    if train.grad_clip == 0:
+        return (
+            f"try a lower learning rate (now {train.lr:g}) or clip gradients "
+            "(--set train.grad_clip=10)"
+        )
+    return f"try a lower learning rate (now {train.lr:g})"
+
+
+class Trainer:
+    """Fits `model` on `train_set`, validating on `val_set`, checkpointing into `run_dir`."""
+
+    def __init__(
+        self,
+        model: GenerativeModel,
+        train_set: ImageSet,
+        val_set: ImageSet | None,
+        config: Config,
+        run_dir: Path,
+        *,
+        callbacks: Sequence[object] = (),
+        quiet: bool = False,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.train_config = config.train
+        self.run_dir = run_dir
+        self.callbacks = list(callbacks)
+        self.quiet = quiet
+        self.log = log or (lambda line: print(line, flush=True))
+        self.device = select_device(config.train.device)
+        self.threads = configure_threads(config.train.threads)
+        self.model = model.to(self.device)
+        dynamic = config.data.binarize == "dynamic"
+        self.generator = torch.Generator().manual_seed(config.train.seed)
+        self.train_batches = Batches(
+            self._place(train_set.images),
+            config.train.batch_size,
+            shuffle=True,
+            dynamic=dynamic,
+            generator=self.generator,
+            device=self.device,
+        )
+        self.val_set = val_set
+        self.val_batches = (
+            None
+            if val_set is None
+            else Batches(
+                self._place(val_set.images),
+                config.train.batch_size,
+                dynamic=dynamic,
+                device=self.device,
+            )
+        )
+        self.optimizers = model.configure_optimizers(config.train)
+        self.schedulers = [_make_scheduler(o, config.train) for o in self.optimizers]
+        self.epoch = 0  # epochs completed
+        self.best_val = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.records: list[dict[str, Any]] = []
+        self.stop_reason = ""
+
+    def _place(self, images: torch.Tensor) -> torch.Tensor:
+        """Move the whole uint8 dataset to the device once, when it fits comfortably."""
+        if self.device.type == "cpu" or images.numel() > _MAX_DEVICE_BYTES:
+            return images
+        return images.to(self.device)
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "epoch": self.epoch,
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() if s is not None else {} for s in self.schedulers],
+            "rng_torch": torch.get_rng_state(),
+            "rng_batches": self.generator.get_state(),
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "stop_reason": self.stop_reason,
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            if scheduler is not None:
+                scheduler.load_state_dict(saved)
+        torch.set_rng_state(state["rng_torch"])
+        self.generator.set_state(state["rng_batches"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.best_val = float(state["best_val"])
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.stop_reason = str(state.get("stop_reason", ""))
+        self.records = [
+            r
+            for r in runs.read_metrics(self.run_dir)
+            if r.get("kind", "epoch") != "epoch" or r.get("epoch", 0) <= self.epoch
+        ]
+
+    def save(self) -> None:
+        runs.save_model(self.run_dir, self.model, self.epoch)
+        runs.save_trainer_state(self.run_dir, self.state_dict())
+        runs.write_metrics(self.run_dir, self.records)
+
+    # ---- the loop --------------------------------------------------------------------------
+    def fit(self) -> list[dict[str, Any]]:
+        """Train until train.epochs, early stopping, or a callback stops it. Returns the records."""
+        if self.epoch == 0 and not (self.run_dir / runs.WEIGHTS).exists():
+            self.save()  # a loadable, resumable run exists from the first second
+        _call(self.callbacks, "on_train_start", self)
+        self.model.train()
+        epochs = self.train_config.epochs
+        while self.epoch < epochs and not self.stop_reason:
+            record = self._run_epoch()
+            self.records.append(record)
+            self.save()
+            self._report(record)
+            try:
+                _call(self.callbacks, "on_epoch_end", self, record)
+            except StopTraining as stop:
+                self.stop_reason = str(stop) or "stopped by a callback"
+                self.save()
+        self._finish()
+        return self.records
+
+    def _run_epoch(self) -> dict[str, Any]:
+        model, epoch = self.model, self.epoch
+        model.on_epoch_start(epoch, self.train_config.epochs)
+        model.train()
+        sums: dict[str, float] = {}
+        count = 0
+        start = time.perf_counter()
+        bar = tqdm(
+            total=len(self.train_batches),
+            desc=f"epoch {epoch + 1}/{self.train_config.epochs}",
+            disable=self.quiet or not sys.stderr.isatty(),
+            leave=False,
+            unit="batch",
+            dynamic_ncols=True,
+        )
+        with bar:
+            for step, x in enumerate(self.train_batches):
+                terms = model.training_step(x, self.optimizers)
+                if not math.isfinite(terms["total"]):
+                    self._diverged(terms["total"], step)
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + value * len(x)
+                count += len(x)
+                _call(self.callbacks, "on_batch_end", self, x, terms)
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{terms['total']:.4g}", refresh=False)
+                bar.update()
+        seconds = time.perf_counter() - start
+        lr = self.optimizers[0].param_groups[0]["lr"]
+        for scheduler in self.schedulers:
+            if scheduler is not None:
+                scheduler.step()
+        self.epoch += 1
+        record: dict[str, Any] = {
+            "kind": "epoch",
+            "epoch": self.epoch,
+            "train": {k: v / count for k, v in sums.items()},
+            "lr": lr,
+            "seconds": round(seconds, 4),
+            "samples_per_s": round(count / seconds, 1),
+        }
+        if self.val_batches is not None:
+            self.val_batches.generator.manual_seed(
+                self.train_config.seed + 1
+            )  # same draw each epoch
+            record["val"] = average_terms(model, self.val_batches)
+            self._early_stopping(record["val"]["total"])
+        return record
+
+    def _early_stopping(self, val_total: float) -> None:
+        if val_total < self.best_val - self.train_config.min_delta:
+            self.best_val, self.best_epoch, self.bad_epochs = val_total, self.epoch, 0
+            return
+        self.bad_epochs += 1
+        patience = self.train_config.patience
+        if patience and self.bad_epochs >= patience:
+            self.stop_reason = (
+                f"early stopping: validation loss has not improved for {patience} "
+                f"epochs (best {self.best_val:.4g} at epoch {self.best_epoch})"
+            )
+
+    def _diverged(self, value: float, step: int) -> None:
+        raise TrainingDiverged(
+            f"loss became {value} in epoch {self.epoch + 1}, step {step + 1}: "
+            f"{_divergence_advice(self.train_config)}. {self.run_dir} keeps the last good state "
+            f"(epoch {self.epoch})"
+        )
+
+    def _report(self, record: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        line = (
+            f"epoch {record['epoch']}/{self.train_config.epochs}  "
+            f"train {record['train']['total']:.4f}"
+        )
+        if "val" in record:
+            line += f"  val {record['val']['total']:.4f}"
+        line += f"  {record['samples_per_s']:.0f} samples/s  {record['seconds']:.1f}s"
+        self.log(line)
+
+    def _finish(self) -> None:
+        if self.stop_reason and not self.quiet:
+            self.log(self.stop_reason)
+        plain = Batches(self.train_batches.images, self.train_config.batch_size, device=self.device)
+        self.model.on_train_end(plain)
+        self.model.eval()
+        runs.save_model(self.run_dir, self.model, self.epoch)
+        _call(self.callbacks, "on_train_end", self)
+
+
+def train(
+    config: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[object] = (),
+    quiet: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> runs.Run:
+    """Train a model as `config` says, into the run directory `out`; returns the opened run.
+
+    resume=True continues the run in `out` from its last completed epoch (its own config is used,
+    with `config.train.epochs` as the new target)."""
+    run_dir = Path(out)
+    if resume:
+        saved, image_shape, _ = runs.read_run_config(run_dir)
+        config = dataclasses.replace(
+            saved, train=dataclasses.replace(saved.train, epochs=config.train.epochs)
+        )
+    elif (run_dir / runs.CONFIG).exists():
+        raise RunError(
+            f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out"
+        )
+    torch.manual_seed(config.train.seed)
+    train_set, val_set = prepare_data(config)
+    if resume and train_set.image_shape != image_shape:
+        raise RunError(
+            f"{run_dir} was trained on {image_shape} images but {config.data.dataset} "
+            f"now gives {train_set.image_shape}"
+        )
+    model = build_model(config.model, train_set.image_shape)
+    extra = {
+        "classes": train_set.classes,
+        "train_images": len(train_set),
+        "val_images": len(val_set) if val_set is not None else 0,
+    }
+    trainer = Trainer(
+        model, train_set, val_set, config, run_dir, callbacks=callbacks, quiet=quiet, log=log
+    )
+    if resume:
+        trainer.load_state_dict(runs.read_trainer_state(run_dir, trainer.model))
+        trainer.model.to(trainer.device)
+    runs.save_config(run_dir, config, train_set.image_shape, extra)
+    trainer.fit()
+    return runs.open_run(run_dir)
