@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: setup data demo test lint typecheck unit clean
+.PHONY: setup system data demo test lint unit clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+system:
+	bash scripts/system-deps.sh
 
 data: setup
 	$(BIN)/latentspace data fetch mnist fashion-mnist
@@ -31,7 +34,7 @@ lint: setup
 unit: setup
 	$(BIN)/pytest -q
 
-test: data lint
+test: data system lint
 	$(BIN)/pytest -q
 
 clean:

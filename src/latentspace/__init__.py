@@ -64,9 +64,13 @@ def default_config(model: str = "vae", **overrides: object) -> Config:
     items = []
     sections = {"data": config.data, "train": config.train, "model": config.model}
     for key, value in overrides.items():
-        section = next((s for s, obj in sections.items() if hasattr(obj, key)), None)
-        if section is None:
-            raise LatentspaceError(f"unknown setting {key!r} for default_config")
+        owners = [s for s, obj in sections.items() if hasattr(obj, key) and key != "name"]
+        if len(owners) != 1:
+            problem = "is ambiguous (data.channels or model.channels?)" if owners else "is unknown"
+            raise LatentspaceError(
+                f"default_config: setting {key!r} {problem}; use "
+                "apply_overrides(config, ['section.key=value'])"
+            )
         text = ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
-        items.append(f"{section}.{key}={text}")
+        items.append(f"{owners[0]}.{key}={text}")
     return apply_overrides(config, items)

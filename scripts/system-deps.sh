@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# System packages the tests use, from Debian's registry. Installed only when root and missing;
+# otherwise prints what to run. Each block is idempotent. Called by `make system`.
+set -u
+need_apt=()
+# (each feature adds the Debian packages it needs below, with the command that proves they exist)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null 2>&1 \
+      || echo "warning: apt-get install ${need_apt[*]} failed; tests that need them will skip"
+  else
+    echo "note: run 'sudo apt-get install ${need_apt[*]}' for the tests that need them"
+  fi
+fi
+exit 0
