@@ -223,6 +223,9 @@ class Trainer:
         epochs = self.train_config.epochs
         while self.epoch < epochs and not self.stop_reason:
             record = self._run_epoch()
+            warnings = self.model.epoch_warnings(record)
+            if warnings:
+                record["warnings"] = warnings
             self.records.append(record)
             self.save()
             self._report(record)
@@ -313,6 +316,8 @@ class Trainer:
             line += f"  val {record['val']['total']:.4f}"
         line += f"  {record['samples_per_s']:.0f} samples/s  {record['seconds']:.1f}s"
         self.log(line)
+        for warning in record.get("warnings", []):
+            self.log(f"  warning: {warning}")
 
     def _finish(self) -> None:
         if self.stop_reason and not self.quiet:

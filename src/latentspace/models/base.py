@@ -76,6 +76,11 @@ class GenerativeModel(nn.Module):
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         self.epoch, self.epochs = epoch, epochs
 
+    def epoch_warnings(self, record: dict[str, Any]) -> list[str]:
+        """Plain-language warnings about the epoch just finished (each with its measured number);
+        the trainer logs them and stores them in the record under "warnings"."""
+        return []
+
     def on_train_end(self, batches: Iterable[torch.Tensor]) -> None:
         """Called once after the last epoch with the training batches (AE fits its prior here)."""
 
