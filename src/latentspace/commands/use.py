@@ -94,7 +94,12 @@ def run_encode(args: argparse.Namespace) -> int:
     if images.names is not None:
         payload["names"] = np.array(images.names)
     out = args.out if args.out.suffix == ".npz" else args.out.with_suffix(".npz")
-    atomic_write(out, lambda tmp: np.savez(tmp.open("wb"), **payload))
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.savez(handle, **payload)
+
+    atomic_write(out, write)
     image_bytes = images.images.numel()  # uint8: one byte per pixel value
     print(
         f"encoded {len(array)} images {images.image_shape} -> {array.shape[1]} {args.dtype} "
