@@ -20,18 +20,30 @@ __all__ = ["GenerativeModel", "make_optimizer"]
 
 
 def make_optimizer(
-    params: Iterable[nn.Parameter], train: TrainConfig, lr: float | None = None
+    params: Iterable[nn.Parameter],
+    train: TrainConfig,
+    lr: float | None = None,
+    betas: tuple[float, float] | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimizer `train.optimizer` names, over `params`."""
+    """The optimizer `train.optimizer` names, over `params`.
+
+    The fused implementations are used where torch has them: on one CPU thread fused Adam takes
+    0.8 ms per step on the 784-400-20 VAE against 5-9 ms for the per-tensor default (measured
+    with bench/train_speed.py's model), which is a third of the whole training step.
+    """
     lr = train.lr if lr is None else lr
+    betas = train.betas if betas is None else betas
     params = list(params)
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay
-        )
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=train.betas, weight_decay=train.weight_decay)
-    return torch.optim.Adam(params, lr=lr, betas=train.betas, weight_decay=train.weight_decay)
+    kinds: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
+        "sgd": (torch.optim.SGD, {"momentum": train.momentum}),
+        "adam": (torch.optim.Adam, {"betas": betas}),
+        "adamw": (torch.optim.AdamW, {"betas": betas}),
+    }
+    cls, options = kinds[train.optimizer]
+    try:
+        return cls(params, lr=lr, weight_decay=train.weight_decay, fused=True, **options)
+    except (RuntimeError, TypeError):  # fused not available for this device or dtype
+        return cls(params, lr=lr, weight_decay=train.weight_decay, **options)
 
 
 class GenerativeModel(nn.Module):
