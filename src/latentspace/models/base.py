@@ -34,7 +34,7 @@ def make_optimizer(
     lr = train.lr if lr is None else lr
     betas = train.betas if betas is None else betas
     params = list(params)
-    kinds: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
+    kinds: dict[str, tuple[Any, dict[str, Any]]] = {
         "sgd": (torch.optim.SGD, {"momentum": train.momentum}),
         "adam": (torch.optim.Adam, {"betas": betas}),
         "adamw": (torch.optim.AdamW, {"betas": betas}),
