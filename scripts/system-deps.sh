@@ -4,6 +4,8 @@
 set -u
 need_apt=()
 # (each feature adds the Debian packages it needs below, with the command that proves they exist)
+# the report test opens report.html in a real browser (tests/test_report.py)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq >/dev/null 2>&1 || true

@@ -121,4 +121,19 @@ def run_train(args: argparse.Namespace) -> int:
         run = train(config, args.out, quiet=args.quiet)
     if not args.quiet:
         print(f"run saved in {run.path}")
+    if not args.no_report:
+        _write_report(run.path, args.quiet)
     return 0
+
+
+def _write_report(run_dir: Path, quiet: bool) -> None:
+    """The report never fails a finished training run: a problem becomes one warning line."""
+    from latentspace.report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except Exception as error:
+        print(f"warning: report not written ({type(error).__name__}: {error})".splitlines()[0])
+        return
+    if not quiet:
+        print(f"report: {path}")

@@ -1,0 +1,303 @@
+"""Looking at a trained run: evaluate, interpolate, traverse, map, neighbours, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentspace import latent
+from latentspace.commands._common import add_device_arguments, batched, load_input, open_run_for_use
+from latentspace.data import load_image, to_float
+from latentspace.data.datasets import DATASETS
+from latentspace.errors import ConfigError, DataError
+from latentspace.imaging import save_grid
+from latentspace.runs import Run, append_metrics
+
+__all__ = ["load_one", "parse_dims", "register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="reconstruction error, ELBO, importance-weighted NLL, active units",
+        description="Evaluate a run; the numbers are also appended to its metrics.jsonl.",
+    )
+    p.add_argument("run", type=Path)
+    p.add_argument("--split", default="test", help="test | val | train (default: test)")
+    p.add_argument(
+        "--nll-samples",
+        type=int,
+        metavar="K",
+        help="VAE: importance samples per image for the NLL (default 1000; 0 skips it)",
+    )
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=int, default=100, help="images per batch (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the importance samples")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_device_arguments(p)
+    p.set_defaults(handler=run_evaluate)
+
+    p = subparsers.add_parser("interpolate", help="decode a path between two images' codes")
+    p.add_argument("run", type=Path)
+    p.add_argument("--from", dest="source", required=True, help="image file or dataset:split:index")
+    p.add_argument("--to", dest="target", required=True, help="image file or dataset:split:index")
+    p.add_argument("--steps", type=int, default=10, help="codes on the path, ends included")
+    p.add_argument("--mode", choices=["lerp", "slerp"], default="lerp")
+    p.add_argument("--out", type=Path, required=True, help="strip.png to write")
+    add_device_arguments(p)
+    p.set_defaults(handler=run_interpolate)
+
+    p = subparsers.add_parser("traverse", help="vary one latent dimension at a time")
+    p.add_argument("run", type=Path)
+    p.add_argument("--input", help="image file or dataset:split:index (default: the prior mean)")
+    p.add_argument("--dims", default="all", help="all, or a list such as 0,3,5")
+    p.add_argument("--range", type=float, default=3.0, help="prior standard deviations each way")
+    p.add_argument("--steps", type=int, default=9, help="images per dimension (default 9)")
+    p.add_argument("--out", type=Path, required=True, help="grid.png: one row per dimension")
+    add_device_arguments(p)
+    p.set_defaults(handler=run_traverse)
+
+    p = subparsers.add_parser("map", help="2-D map of codes coloured by label, and a decoded plane")
+    p.add_argument("run", type=Path)
+    p.add_argument("--dataset", help="NAME[:split], folder or array (default: the run's, test)")
+    p.add_argument("--method", choices=["pca", "tsne"], default="pca")
+    p.add_argument("--limit", type=int, default=2000, help="images to encode (default 2000)")
+    p.add_argument("--grid", type=int, default=15, help="decoded plane: N x N images")
+    p.add_argument("--seed", type=int, default=0, help="t-SNE seed")
+    p.add_argument(
+        "--out", type=Path, required=True, help="map.png (the plane goes to map-plane.png)"
+    )
+    add_device_arguments(p)
+    p.set_defaults(handler=run_map)
+
+    p = subparsers.add_parser("neighbours", help="nearest training images in latent space")
+    p.add_argument("run", type=Path)
+    p.add_argument("query", help="image file or dataset:split:index")
+    p.add_argument("-k", type=int, default=8, help="how many neighbours (default 8)")
+    p.add_argument("--dataset", help="where to search (default: the run's training split)")
+    p.add_argument("--limit", type=int, help="search only the first N images")
+    p.add_argument("--out", type=Path, required=True, help="grid.png: the query, then neighbours")
+    add_device_arguments(p)
+    p.set_defaults(handler=run_neighbours)
+
+    p = subparsers.add_parser("report", help="write report.html with figures and metrics")
+    p.add_argument("run", type=Path)
+    add_device_arguments(p)
+    p.set_defaults(handler=run_report)
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+def load_one(spec: str, run: Run) -> tuple[torch.Tensor, str]:
+    """One image for `run`: `dataset:split:index` (or `folder:index`, `file.npz:index`) or an
+    image file. Returns (1, C, H, W) uint8 and a short description."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.lstrip("-").isdigit() and head:
+        images = load_input(head, run)
+        index = int(tail)
+        if not 0 <= index < len(images):
+            raise DataError(
+                f"index {index} in {spec} is out of range: {images.source} has {len(images)} "
+                f"images (0 to {len(images) - 1})"
+            )
+        label = ""
+        if images.labels is not None:
+            value = int(images.labels[index])
+            label = images.classes[value] if images.classes else str(value)
+        return images.images[index : index + 1], f"{images.source}[{index}]" + (
+            f" ({label})" if label else ""
+        )
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(
+            f"{spec} is neither an image file nor dataset:split:index (e.g. mnist:test:0)"
+        )
+    c, h, w = run.image_shape
+    image = load_image(path, channels=c, size=h if h == w else None)
+    if tuple(image.shape) != run.image_shape:
+        raise DataError(
+            f"image {path} is {tuple(image.shape)} but {run.path} needs {run.image_shape}"
+        )
+    return image.unsqueeze(0), str(path)
+
+
+def parse_dims(text: str, latent_dim: int) -> list[int]:
+    if text == "all":
+        return list(range(latent_dim))
+    try:
+        dims = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--dims {text!r}: write all, or dimensions such as 0,3,5") from None
+    bad = [d for d in dims if not 0 <= d < latent_dim]
+    if bad or not dims:
+        raise ConfigError(
+            f"--dims {text!r}: dimensions must be between 0 and {latent_dim - 1} for this run"
+        )
+    return dims
+
+
+def _encode(run: Run, images: torch.Tensor) -> torch.Tensor:
+    model = run.model
+    try:
+        return batched(model.encode, images, model.device)
+    except NotImplementedError:
+        raise ConfigError(
+            f"{run.path} is a {model.name!r} model without an encoder: it cannot place images "
+            "in its latent space"
+        ) from None
+
+
+# ---- commands ---------------------------------------------------------------------------------
+def run_evaluate(args: argparse.Namespace) -> int:
+    from latentspace.evaluate import evaluate
+
+    if args.nll_samples is not None and args.nll_samples < 0:
+        raise ConfigError(f"--nll-samples {args.nll_samples} must be 0 or more")
+    run = open_run_for_use(args)
+    record = evaluate(
+        run,
+        args.split,
+        nll_samples=args.nll_samples,
+        limit=args.limit,
+        batch_size=max(1, args.batch_size),
+        seed=args.seed,
+    )
+    record["threads"] = torch.get_num_threads()
+    append_metrics(run.path, record)
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    for line in describe_evaluation(record):
+        print(line)
+    return 0
+
+
+def describe_evaluation(record: dict[str, Any]) -> list[str]:
+    """The evaluation record as sentences a person reads."""
+    r = record
+    lines = [f"evaluated on {r['data']}"]
+    if "mse" in r:
+        ssim = f", SSIM {r['ssim']:.4f}" if "ssim" in r else ""
+        lines.append(
+            f"reconstruction: MSE {r['mse']:.5f}, PSNR {r['psnr']:.2f} dB{ssim} "
+            "(per image, averaged)"
+        )
+    if "negative_elbo" in r:
+        lines.append(
+            f"negative ELBO {r['negative_elbo']:.2f} nats = reconstruction "
+            f"{r['reconstruction']:.2f} + KL {r['kl']:.2f} "
+            f"({r['negative_elbo_bits_per_dim']:.4f} bits/dim)"
+        )
+    if "nll" in r:
+        lines.append(
+            f"NLL {r['nll']:.2f} nats ({r['nll_bits_per_dim']:.4f} bits/dim): IWAE bound with "
+            f"K={r['nll_samples']} importance samples per image, on {r['likelihood']}"
+        )
+    if "active_units" in r:
+        kl = [float(v) for v in r["kl_per_dim"]]
+        top = sorted(range(len(kl)), key=lambda i: -kl[i])[:8]
+        lines.append(
+            f"active units {r['active_units']}/{r['latent_dim']} (Cov_x E_q[z] > 0.01); "
+            "largest KL per dimension: " + ", ".join(f"z{i} {kl[i]:.2f}" for i in top)
+        )
+    if "prior_code_log_density" in r:
+        lines.append(
+            f"fitted Gaussian prior: evaluation codes have mean log-density "
+            f"{r['prior_code_log_density']:.2f} nats under it, and "
+            f"{100 * float(r['prior_outside_99']):.1f}% of them fall outside its 99% ellipsoid "
+            "(1% if it fits)"
+        )
+    lines.append(f"took {r['seconds']} s; appended to metrics.jsonl")
+    return lines
+
+
+def run_interpolate(args: argparse.Namespace) -> int:
+    if args.steps < 2:
+        raise ConfigError(f"--steps {args.steps}: an interpolation needs at least 2")
+    run = open_run_for_use(args)
+    source, source_name = load_one(args.source, run)
+    target, target_name = load_one(args.target, run)
+    codes = _encode(run, torch.cat([source, target]))
+    path = latent.interpolate(codes[0], codes[1], args.steps, args.mode)
+    with torch.no_grad():
+        decoded = run.model.decode(path.to(run.model.device)).cpu()
+    strip = torch.cat([to_float(source), decoded, to_float(target)])
+    save_grid(strip, args.out, nrow=len(strip))
+    print(f"wrote {args.out}: {source_name}, {args.steps} decoded {args.mode} steps, {target_name}")
+    return 0
+
+
+def run_traverse(args: argparse.Namespace) -> int:
+    if args.steps < 2:
+        raise ConfigError(f"--steps {args.steps}: a traversal needs at least 2")
+    from latentspace.report import prior_moments, traversal_images
+
+    run = open_run_for_use(args)
+    dims = parse_dims(args.dims, run.model.latent_dim)
+    if args.input:
+        image, name = load_one(args.input, run)
+        z = _encode(run, image)[0]
+    else:
+        z, name = prior_moments(run.model)[0], "the prior mean"
+    images = traversal_images(run.model, z, dims, args.range, args.steps)
+    save_grid(images, args.out, nrow=args.steps)
+    print(
+        f"wrote {args.out}: {len(dims)} rows (dimensions {_short(dims)}) x {args.steps} images, "
+        f"each dimension from -{args.range:g} to +{args.range:g} prior standard deviations "
+        f"around {name}"
+    )
+    return 0
+
+
+def _short(dims: list[int]) -> str:
+    return ",".join(map(str, dims)) if len(dims) <= 12 else f"{dims[0]}..{dims[-1]}"
+
+
+def run_map(args: argparse.Namespace) -> int:
+    from latentspace.report import latent_map
+
+    run = open_run_for_use(args)
+    spec = args.dataset or run.config.data.dataset
+    images = load_input(spec, run, args.limit)
+    codes = _encode(run, images.images)
+    plane = args.out.with_name(f"{args.out.stem}-plane.png")
+    summary = latent_map(run, codes, images, args.out, plane, args.method, args.grid, args.seed)
+    print(f"wrote {args.out} ({summary['scatter']}) and {plane} ({summary['plane']})")
+    return 0
+
+
+def run_neighbours(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise ConfigError(f"-k {args.k} must be at least 1")
+    run = open_run_for_use(args)
+    query, name = load_one(args.query, run)
+    data = run.config.data.dataset
+    base = data.partition(":")[0]
+    spec = args.dataset or (f"{base}:train" if base in DATASETS else data)
+    pool = load_input(spec, run, args.limit)
+    codes = _encode(run, pool.images)
+    query_code = _encode(run, query)
+    k = min(args.k, len(pool))
+    distances, indices = latent.nearest_neighbours(query_code, codes, k)
+    found = indices[0]
+    save_grid(torch.cat([to_float(query), to_float(pool.images[found])]), args.out, nrow=k + 1)
+    print(f"wrote {args.out}: {name}, then its {k} nearest images of {pool.source}")
+    for index, distance in zip(found.tolist(), distances[0].tolist(), strict=True):
+        label = ""
+        if pool.labels is not None:
+            value = int(pool.labels[index])
+            label = f" ({pool.classes[value] if pool.classes else value})"
+        print(f"  {pool.source}[{index}]{label}  distance {distance:.3f}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from latentspace.report import write_report
+
+    open_run_for_use(args)  # fails early, in one line, on a run that cannot be opened
+    path = write_report(args.run, device=args.device)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,386 @@
+"""The run report: one self-contained `report.html` (images embedded) with the PNGs beside it.
+
+    from latentspace.report import write_report
+    write_report("runs/mnist-vae")   # -> runs/mnist-vae/report.html
+
+Every figure is made independently: one that cannot be made (a model without an encoder, a
+dataset that moved) becomes a line in the report saying why, and the rest still appear. The
+figure helpers here work through the generic model API (`encode`, `decode`, `sample_latent`),
+so they serve every model family.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentspace import latent
+from latentspace.data import ImageSet, resolve, to_float
+from latentspace.data.datasets import DATASETS
+from latentspace.errors import LatentspaceError
+from latentspace.html import escape, img_tag, table, write_page
+from latentspace.imaging import save_grid
+from latentspace.models import GenerativeModel
+from latentspace.runs import Run, open_run
+
+__all__ = [
+    "latent_map",
+    "loss_figure",
+    "prior_moments",
+    "report_images",
+    "traversal_images",
+    "write_report",
+]
+
+REPORT = "report.html"
+_QUICK_IMAGES = 1000  # a report without an evaluation record evaluates this many images
+_QUICK_SAMPLES = 100
+
+
+# ---- figure helpers (also used by the CLI) ----------------------------------------------------
+@torch.no_grad()
+def prior_moments(
+    model: GenerativeModel, n: int = 4096, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation per latent dimension of the model's prior, estimated from n
+    seeded draws of `sample_latent` (N(0, I) for a VAE; the fitted Gaussian for an AE)."""
+    draws = model.sample_latent(n, generator=torch.Generator().manual_seed(seed)).cpu()
+    return draws.mean(0), draws.std(0)
+
+
+@torch.no_grad()
+def traversal_images(
+    model: GenerativeModel, z: torch.Tensor, dims: list[int], spread: float, steps: int
+) -> torch.Tensor:
+    """Rows of decoded images, one per dimension in `dims`: that dimension of z (D,) set to
+    prior mean + t * prior std for t in [-spread, spread]. -> (len(dims) * steps, C, H, W)."""
+    mean, std = prior_moments(model)
+    t = torch.linspace(-spread, spread, steps)
+    index = torch.tensor(dims)
+    values = mean[index, None] + t[None, :] * std[index, None]
+    codes = latent.traversal_grid(z.cpu(), dims, values).reshape(-1, z.shape[-1])
+    return model.decode(codes.to(model.device)).cpu()
+
+
+def _plane_range(projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2nd to 98th percentile of each coordinate: the plane where the codes actually are."""
+    low = torch.quantile(projected, 0.02, dim=0)
+    high = torch.quantile(projected, 0.98, dim=0)
+    return low, high
+
+
+def latent_map(
+    run: Run,
+    codes: torch.Tensor,
+    images: ImageSet,
+    scatter_path: Path,
+    plane_path: Path,
+    method: str = "pca",
+    grid: int = 15,
+    seed: int = 0,
+) -> dict[str, str]:
+    """A scatter of codes (N, D) in 2-D coloured by label, and a grid of images decoded over a
+    plane: the latent plane itself when D = 2, else the first two principal directions (t-SNE
+    has no inverse, so the plane is PCA's for either method). Returns a caption for each."""
+    dim = codes.shape[1]
+    if dim == 2:
+        projected, directions, mean = codes, torch.eye(2), torch.zeros(2)
+        axes, plane_text = ("z0", "z1"), "the latent plane itself"
+    else:
+        projected, directions, mean = latent.pca(codes)
+        axes, plane_text = ("PC1", "PC2"), "the plane of the codes' first two principal directions"
+    if method == "tsne":
+        shown, axes = latent.tsne(codes, seed=seed), ("t-SNE 1", "t-SNE 2")
+    else:
+        shown = projected
+    labels = images.labels.tolist() if images.labels is not None else None
+    _scatter(shown, labels, images.classes, axes, scatter_path)
+    low, high = _plane_range(projected)
+    u = torch.linspace(float(low[0]), float(high[0]), grid)
+    v = torch.linspace(float(high[1]), float(low[1]), grid)  # top row: largest second coordinate
+    plane = latent.plane_codes(mean, directions, u, v)
+    with torch.no_grad():
+        decoded = run.model.decode(plane.to(run.model.device)).cpu()
+    save_grid(decoded, plane_path, nrow=grid)
+    what = "PCA" if method == "pca" and dim != 2 else ("latent" if method == "pca" else "t-SNE")
+    return {
+        "scatter": f"{len(codes)} codes of {images.source} ({what} view), coloured by label",
+        "plane": f"{grid}x{grid} images decoded over {plane_text} (2nd-98th percentile of the "
+        "codes on each axis)",
+    }
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _scatter(
+    points: torch.Tensor,
+    labels: list[int] | None,
+    classes: list[str] | None,
+    axes: tuple[str, str],
+    path: Path,
+) -> None:
+    figure = _figure(6.5, 5.5)
+    ax = figure.add_subplot()
+    xy = points.detach().cpu().numpy()
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6)
+    else:
+        for value in sorted(set(labels)):
+            chosen = [i for i, label in enumerate(labels) if label == value]
+            name = classes[value] if classes and 0 <= value < len(classes) else str(value)
+            ax.scatter(xy[chosen, 0], xy[chosen, 1], s=4, alpha=0.7, label=name)
+        ax.legend(markerscale=3, fontsize=8, loc="best")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    figure.savefig(path)
+
+
+def loss_figure(records: list[dict[str, Any]], path: Path) -> list[str]:
+    """One panel per loss term: train and validation against epoch. Returns the terms drawn
+    (penalty terms that stayed zero are left out)."""
+    epochs = [r for r in records if r.get("kind", "epoch") == "epoch"]
+    if not epochs:
+        raise LatentspaceError("no epochs in metrics.jsonl yet")
+    terms = [t for t in epochs[-1]["train"] if any(abs(r["train"].get(t, 0.0)) > 0 for r in epochs)]
+    columns = min(3, len(terms))
+    rows = math.ceil(len(terms) / columns)
+    figure = _figure(4.2 * columns, 3.2 * rows)
+    x = [r["epoch"] for r in epochs]
+    for i, term in enumerate(terms):
+        ax = figure.add_subplot(rows, columns, i + 1)
+        ax.plot(x, [r["train"].get(term, math.nan) for r in epochs], label="train", marker=".")
+        if any(term in r.get("val", {}) for r in epochs):
+            val = [r.get("val", {}).get(term, math.nan) for r in epochs]
+            ax.plot(x, val, label="validation", marker=".")
+        ax.set_title(term)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    figure.savefig(path)
+    return terms
+
+
+def _kl_figure(kl_per_dim: list[float], path: Path) -> None:
+    figure = _figure(7, 2.8)
+    ax = figure.add_subplot()
+    ax.bar(range(len(kl_per_dim)), kl_per_dim)
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel("KL (nats)")
+    figure.savefig(path)
+
+
+def report_images(run: Run, limit: int = 2000) -> ImageSet:
+    """Images the run did not train on, as they are (grey): a named dataset's test split, else
+    the run's validation images, else (saying so in the source) its training images."""
+    from latentspace.train import prepare_data
+
+    name = run.config.data.dataset.partition(":")[0]
+    if name in DATASETS:
+        images = resolve(f"{name}:test")
+    else:
+        train_set, val_set = prepare_data(run.config)
+        images = val_set if val_set is not None else train_set
+        if val_set is None:
+            images = ImageSet(images.images, f"{images.source} (training images)", images.labels)
+    return images.head(limit)
+
+
+# ---- the page ---------------------------------------------------------------------------------
+def _evaluation(run: Run, images: ImageSet) -> tuple[dict[str, Any], str]:
+    """The latest evaluation record of the run, or a quick one made now (not saved)."""
+    records = [r for r in run.metrics if r.get("kind") == "evaluation"]
+    if records:
+        return records[-1], "the run's latest `latentspace evaluate` record"
+    from latentspace.evaluate import evaluate
+    from latentspace.models.vae import VAE
+
+    split = "test" if images.source.endswith(":test") else "val"
+    try:
+        record = evaluate(
+            run,
+            split,
+            limit=_QUICK_IMAGES,
+            nll_samples=_QUICK_SAMPLES if isinstance(run.model, VAE) else 0,
+        )
+    except LatentspaceError:
+        record = evaluate(run, "train", limit=_QUICK_IMAGES, nll_samples=0)
+    note = (
+        f"a quick evaluation made for this report (at most {_QUICK_IMAGES} images, K="
+        f"{_QUICK_SAMPLES} for the NLL); run `latentspace evaluate` for the full numbers"
+    )
+    return record, note
+
+
+def _metrics_table(record: dict[str, Any]) -> str:
+    rows = []
+    for key, value in record.items():
+        if key == "kind" or isinstance(value, list):
+            continue
+        shown = f"{value:.5g}" if isinstance(value, float) else value
+        rows.append((key, shown))
+    return table(rows, ["metric", "value"])
+
+
+def _config_table(run: Run) -> str:
+    from latentspace.config import config_to_dict
+
+    rows = [
+        (f"{section}.{key}", value)
+        for section, values in config_to_dict(run.config).items()
+        for key, value in values.items()
+    ]
+    return table(rows, ["setting", "value"])
+
+
+class _Sections:
+    """Collects (heading, html) pairs; a figure that fails becomes a sentence saying why."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.items: list[tuple[str, str]] = []
+        self.failed: list[str] = []
+
+    def add(self, heading: str, make: Callable[[], str]) -> None:
+        try:
+            body = make()
+        except Exception as error:  # the report never fails the run: it says what is missing
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            self.failed.append(heading)
+            body = f'<p class="warn">This figure could not be made: {escape(reason)}</p>'
+        self.items.append((heading, body))
+
+    def figure(self, name: str, caption: str) -> str:
+        return img_tag(self.folder / name, caption)
+
+
+def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
+    """Write `report.html` and its PNGs into the run directory; returns the HTML's path."""
+    folder = Path(run_dir)
+    run = open_run(folder, device)
+    model = run.model
+    sections = _Sections(folder)
+    generator = torch.Generator().manual_seed(0)
+    state: dict[str, Any] = {}
+
+    def images() -> ImageSet:
+        if "images" not in state:
+            state["images"] = report_images(run)
+        return state["images"]
+
+    def losses() -> str:
+        terms = loss_figure(run.metrics, folder / "losses.png")
+        return sections.figure("losses.png", f"{', '.join(terms)} per epoch (nats per image)")
+
+    def reconstructions() -> str:
+        shown = images().images[:8]
+        x = to_float(shown.to(model.device))
+        with torch.no_grad():
+            x_hat = model.reconstruct(x).cpu()
+        save_grid(torch.cat([x.cpu(), x_hat]), folder / "reconstructions.png", nrow=len(shown))
+        return sections.figure(
+            "reconstructions.png", f"top: {images().source} images; bottom: reconstructions"
+        )
+
+    def samples() -> str:
+        save_grid(model.generate(64, generator=generator).cpu(), folder / "samples.png", nrow=8)
+        return sections.figure("samples.png", "64 images decoded from the model's prior")
+
+    def interpolation() -> str:
+        pair = _distinct_pair(images())
+        x = to_float(images().images[pair].to(model.device))
+        with torch.no_grad():
+            codes = model.encode(x).cpu()
+            rows = [
+                model.decode(latent.interpolate(codes[0], codes[1], 10, mode).to(model.device))
+                for mode in ("lerp", "slerp")
+            ]
+        save_grid(torch.cat(rows).cpu(), folder / "interpolation.png", nrow=10)
+        return sections.figure(
+            "interpolation.png",
+            f"images {pair[0]} and {pair[1]} of {images().source}: linear (top) and spherical "
+            "(bottom) interpolation between their codes, 10 steps, ends included",
+        )
+
+    def traversal() -> str:
+        with torch.no_grad():
+            z = model.encode(to_float(images().images[:1].to(model.device)))[0].cpu()
+            codes = model.encode(to_float(images().images[:500].to(model.device))).cpu()
+        spread_order = codes.var(0).argsort(descending=True).tolist()
+        dims = sorted(spread_order[:10])
+        save_grid(traversal_images(model, z, dims, 3.0, 9), folder / "traversal.png", nrow=9)
+        return sections.figure(
+            "traversal.png",
+            f"rows: latent dimensions {', '.join(map(str, dims))} (the {len(dims)} that vary "
+            "most across images), each from -3 to +3 prior standard deviations around the code "
+            f"of {images().source} image 0",
+        )
+
+    def latent_maps() -> str:
+        with torch.no_grad():
+            codes = torch.cat(
+                [
+                    model.encode(to_float(images().images[i : i + 500].to(model.device))).cpu()
+                    for i in range(0, len(images()), 500)
+                ]
+            )
+        captions = latent_map(
+            run, codes, images(), folder / "latent-map.png", folder / "latent-plane.png"
+        )
+        return sections.figure("latent-map.png", captions["scatter"]) + sections.figure(
+            "latent-plane.png", captions["plane"]
+        )
+
+    def metrics() -> str:
+        record, note = _evaluation(run, images())
+        html = f'<p class="note">From {escape(note)}.</p>' + _metrics_table(record)
+        if record.get("kl_per_dim"):
+            _kl_figure(record["kl_per_dim"], folder / "kl-per-dimension.png")
+            html += sections.figure(
+                "kl-per-dimension.png",
+                f"KL per latent dimension; {record.get('active_units')} of "
+                f"{record.get('latent_dim')} units active",
+            )
+        return html
+
+    sections.add("Loss curves", losses)
+    sections.add("Reconstructions", reconstructions)
+    sections.add("Samples", samples)
+    sections.add("Interpolation", interpolation)
+    sections.add("Traversal", traversal)
+    sections.add("Latent map", latent_maps)
+    sections.add("Metrics", metrics)
+    sections.add("Configuration", lambda: _config_table(run))
+    summary = (
+        f"<p>{escape(model.name)} on {escape(run.config.data.dataset)}, images "
+        f"{'x'.join(map(str, run.image_shape))}, latent_dim {model.latent_dim}, "
+        f"{_epochs(run)} epochs.</p>"
+    )
+    if sections.failed:
+        summary += (
+            f'<p class="warn">Not made: {escape(", ".join(sections.failed))} (reasons below).</p>'
+        )
+    items = [("Run", summary), *sections.items]
+    return write_page(folder / REPORT, f"latentspace report: {folder.name}", items)
+
+
+def _epochs(run: Run) -> int:
+    return sum(1 for r in run.metrics if r.get("kind", "epoch") == "epoch")
+
+
+def _distinct_pair(images: ImageSet) -> list[int]:
+    """Indices of two images with different labels when labels exist (a more telling path)."""
+    if len(images) < 2:
+        raise LatentspaceError(f"{images.source} has fewer than 2 images to interpolate between")
+    if images.labels is not None:
+        first = int(images.labels[0])
+        for i in range(1, len(images)):
+            if int(images.labels[i]) != first:
+                return [0, i]
+    return [0, 1]
