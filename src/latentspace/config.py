@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
-
-import tomllib
 
 from latentspace.errors import ConfigError
 
