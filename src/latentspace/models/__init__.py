@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from latentspace.models.autoencoder import AEConfig, AutoEncoder
 from latentspace.models.base import GenerativeModel
+from latentspace.models.gan import GAN, GANConfig
 from latentspace.models.layers import NetworkConfig
 from latentspace.models.vae import VAE, VAEConfig
 
 __all__ = [
+    "GAN",
     "MODELS",
     "VAE",
     "AEConfig",
     "AutoEncoder",
+    "GANConfig",
     "GenerativeModel",
     "NetworkConfig",
     "VAEConfig",
@@ -22,6 +25,7 @@ __all__ = [
 MODELS: dict[str, type[GenerativeModel]] = {
     "ae": AutoEncoder,
     "vae": VAE,
+    "gan": GAN,
 }
 
 

@@ -1,0 +1,368 @@
+"""Generative adversarial network (Goodfellow et al. 2014) with DCGAN-style conv networks (Radford
+et al. 2016) or MLPs, and three losses: non-saturating, hinge and WGAN-GP (Gulrajani et al. 2017).
+
+The generator is the shared decoder (`build_decoder`, sigmoid output in [0, 1]); the
+discriminator is the shared encoder with one output (`build_encoder(..., out_features=1)`), a raw
+score (a logit for the non-saturating loss). The model owns its step: `configure_optimizers`
+returns [discriminator optimizer, generator optimizer] and `training_step` takes `d_steps`
+discriminator steps, then one generator step, so the generic trainer never learns the word "gan".
+
+`encode` is GAN inversion: gradient descent in latent space from several random starts, keeping
+the best code per image (`invert` also returns the reconstruction error it reached).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentspace.config import TrainConfig
+from latentspace.errors import ConfigError
+from latentspace.models.base import GenerativeModel, make_optimizer
+from latentspace.models.layers import (
+    NetworkConfig,
+    build_decoder,
+    build_encoder,
+    make_activation,
+    weight_penalties,
+)
+
+__all__ = ["GAN", "GANConfig", "GANLoss", "gan_losses", "gradient_penalty"]
+
+LOSSES = ("nonsaturating", "hinge", "wgan-gp")
+
+
+@dataclasses.dataclass(frozen=True)
+class GANConfig(NetworkConfig):
+    name: str = "gan"
+    loss: str = "nonsaturating"  # nonsaturating | hinge | wgan-gp
+    gp_weight: float = 10.0  # wgan-gp: weight of the gradient penalty (Gulrajani et al. use 10)
+    d_steps: int = 1  # discriminator steps per generator step (WGAN-GP: 5), on the same batch
+    lr_d: float | None = None  # discriminator learning rate; None: train.lr
+    lr_g: float | None = None  # generator learning rate; None: train.lr
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas of both players (DCGAN: 0.5, 0.999)
+    d_activation: str = "leaky_relu"  # the discriminator's activation (slope 0.2 as in DCGAN)
+    batch_norm: bool = True  # batch normalisation in the generator's hidden layers (DCGAN)
+    inversion_steps: int = 200  # encode: Adam steps in latent space per restart
+    inversion_restarts: int = 4  # encode: random starting codes per image; the best is kept
+    inversion_lr: float = 0.05  # encode: Adam learning rate in latent space
+
+    def validate(self) -> None:
+        super().validate()
+        make_activation(self.d_activation)
+        if self.loss not in LOSSES:
+            raise ConfigError(f"model.loss = {self.loss!r} is not one of: {', '.join(LOSSES)}")
+        if self.gp_weight < 0:
+            raise ConfigError(f"model.gp_weight = {self.gp_weight} must be 0 or more")
+        if self.d_steps < 1:
+            raise ConfigError(f"model.d_steps = {self.d_steps} must be at least 1")
+        for key in ("lr_d", "lr_g", "inversion_lr"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"model.{key} = {value} must be greater than 0")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"model.betas = {self.betas}: both must be in [0, 1)")
+        if self.inversion_steps < 1 or self.inversion_restarts < 1:
+            raise ConfigError(
+                f"model.inversion_steps = {self.inversion_steps} and model.inversion_restarts = "
+                f"{self.inversion_restarts} must both be at least 1"
+            )
+
+
+class GANLoss(NamedTuple):
+    """Averaged over the batch. `gp` is the unweighted gradient penalty (0 unless wgan-gp);
+    `discriminator` already includes gp_weight * gp."""
+
+    discriminator: torch.Tensor
+    gp: torch.Tensor
+
+
+def gan_losses(
+    loss: str, real_scores: torch.Tensor, fake_scores: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(discriminator loss, generator loss) from raw scores D(x), D(G(z)): (B,) each, batch means.
+
+    nonsaturating: -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))) and -log sigmoid(D(G(z)))
+    (Goodfellow et al. 2014, section 3); hinge: relu(1 - D(x)) + relu(1 + D(G(z))) and -D(G(z))
+    (Lim & Ye 2017); wgan-gp: D(G(z)) - D(x) and -D(G(z)), the penalty added by the caller."""
+    if loss == "nonsaturating":
+        d_loss = F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
+        return d_loss, F.softplus(-fake_scores).mean()
+    if loss == "hinge":
+        d_loss = F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
+        return d_loss, -fake_scores.mean()
+    return fake_scores.mean() - real_scores.mean(), -fake_scores.mean()
+
+
+def gradient_penalty(
+    critic: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """mean over the batch of (||grad_x D(x_hat)||_2 - 1)^2 at x_hat = e x + (1 - e) G(z), one
+    e ~ U(0, 1) per image (Gulrajani et al. 2017, Algorithm 1). Differentiable in D's weights."""
+    eps = torch.rand(len(real), 1, 1, 1, generator=generator).to(real.device)
+    mixed = (eps * real + (1.0 - eps) * fake.detach()).requires_grad_(True)
+    training = torch.is_grad_enabled()  # build a graph through the gradient only when training
+    with torch.enable_grad():  # validation runs under no_grad; the penalty needs input gradients
+        scores = critic(mixed).sum()
+        (grad,) = torch.autograd.grad(scores, mixed, create_graph=training)
+    norms = grad.flatten(1).norm(dim=1)
+    return (norms - 1.0).pow(2).mean()
+
+
+def _dcgan_init(module: nn.Module) -> None:
+    """N(0, 0.02) weights, as in DCGAN (Radford et al. 2016, section 4)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(layer.weight, 0.0, 0.02)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d):
+            nn.init.normal_(layer.weight, 1.0, 0.02)
+            nn.init.zeros_(layer.bias)
+
+
+def _with_batch_norm(network: nn.Sequential) -> nn.Sequential:
+    """Insert BatchNorm between every hidden Linear/ConvTranspose2d and its activation."""
+    layers = list(network)
+    result: list[nn.Module] = []
+    for i, layer in enumerate(layers):
+        result.append(layer)
+        followed_by_activation = i + 1 < len(layers) and not isinstance(
+            layers[i + 1], nn.Linear | nn.ConvTranspose2d | nn.Unflatten | nn.Dropout
+        )
+        if followed_by_activation and isinstance(layer, nn.Linear):
+            result.append(nn.BatchNorm1d(layer.out_features))
+        elif followed_by_activation and isinstance(layer, nn.ConvTranspose2d):
+            result.append(nn.BatchNorm2d(layer.out_channels))
+    return nn.Sequential(*result)
+
+
+def _pairwise_spread(images: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean distance between the images of a batch, per pixel (RMS): a cheap measure of
+    diversity. (B, C, H, W) -> scalar."""
+    flat = images.flatten(1)
+    if len(flat) < 2:
+        return torch.zeros((), device=images.device)
+    return torch.pdist(flat).mean() / flat.shape[1] ** 0.5
+
+
+class GAN(GenerativeModel):
+    """Images are (B, C, H, W) floats in [0, 1]; codes (B, D) drawn from N(0, I)."""
+
+    name = "gan"
+    config_class = GANConfig
+    config: GANConfig
+
+    def __init__(self, config: GANConfig, image_shape: tuple[int, int, int]) -> None:
+        super().__init__(config, image_shape)
+        generator = build_decoder(config, image_shape)
+        if config.batch_norm:
+            generator = _with_batch_norm(cast(nn.Sequential, generator))
+        self.generator = generator
+        d_config = dataclasses.replace(config, activation=config.d_activation)
+        self.discriminator = build_encoder(d_config, image_shape, 1)
+        for layer in self.discriminator.modules():
+            if isinstance(layer, nn.LeakyReLU):
+                layer.negative_slope = 0.2  # DCGAN's slope; torch's default 0.01 is nearly ReLU
+        if config.architecture == "conv":
+            _dcgan_init(self)
+        self.last_inversion_error: torch.Tensor | None = None
+
+    # ---- the two players ---------------------------------------------------------------------
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """The discriminator's raw score: (B, C, H, W) -> (B,)."""
+        return self.discriminator(x).squeeze(1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The generator: z (B, D) -> images (B, C, H, W) in [0, 1]."""
+        return torch.sigmoid(self.generator(z))
+
+    def _penalty(self, network: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        train = self.train_config
+        if train.l1 == 0 and train.l2 == 0:
+            zero = torch.zeros((), device=self.device)
+            return zero, zero
+        l1, l2 = weight_penalties(network)
+        return train.l1 * l1, train.l2 * l2
+
+    def configure_optimizers(self, train: TrainConfig) -> list[torch.optim.Optimizer]:
+        """[discriminator optimizer, generator optimizer], each with its own learning rate and
+        the GAN's betas (train.optimizer chooses the kind)."""
+        self.train_config = train
+        gan_train = dataclasses.replace(train, betas=self.config.betas)
+        return [
+            make_optimizer(self.discriminator.parameters(), gan_train, self.config.lr_d),
+            make_optimizer(self.generator.parameters(), gan_train, self.config.lr_g),
+        ]
+
+    def _discriminator_loss(
+        self, x: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[GANLoss, torch.Tensor, torch.Tensor]:
+        real_scores, fake_scores = self.score(x), self.score(fake)
+        d_loss, _ = gan_losses(self.config.loss, real_scores, fake_scores)
+        if self.config.loss == "wgan-gp":
+            gp = gradient_penalty(self.discriminator, x, fake, generator=generator)
+            d_loss = d_loss + self.config.gp_weight * gp
+        else:
+            gp = torch.zeros((), device=x.device)
+        return GANLoss(d_loss, gp), real_scores.detach(), fake_scores.detach()
+
+    def _mean_outputs(self, scores: torch.Tensor) -> torch.Tensor:
+        """D's mean output: a probability for the non-saturating loss, else the raw score."""
+        return (
+            torch.sigmoid(scores).mean() if self.config.loss == "nonsaturating" else scores.mean()
+        )
+
+    def training_step(
+        self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
+    ) -> dict[str, float]:
+        """d_steps discriminator steps on batch x, then one generator step. Terms: d_loss, g_loss
+        (each with its network's l1/l2 terms), d_real and d_fake (mean D(x), D(G(z)): a
+        probability for the non-saturating loss, the raw score otherwise), gp (unweighted),
+        diversity (spread of the generated batch / spread of the real batch; near 0 = collapse),
+        l1, l2, and total = d_loss + g_loss, which neither player minimises: it is logged so the
+        trainer can watch it for divergence."""
+        opt_d, opt_g = optimizers
+        d_params = list(self.discriminator.parameters())
+        g_params = list(self.generator.parameters())
+        for _ in range(self.config.d_steps):
+            with torch.no_grad():
+                fake = self.decode(self.sample_latent(len(x)))
+            terms, real_scores, fake_scores = self._discriminator_loss(x, fake)
+            d_l1, d_l2 = self._penalty(self.discriminator)
+            d_loss = terms.discriminator + d_l1 + d_l2
+            self.optimizer_step(opt_d, d_loss, d_params)
+        for p in d_params:  # the generator step needs no gradients for D's weights
+            p.requires_grad_(False)
+        try:
+            fake = self.decode(self.sample_latent(len(x)))
+            _, g_adv = gan_losses(self.config.loss, real_scores, self.score(fake))
+            g_l1, g_l2 = self._penalty(self.generator)
+            g_loss = g_adv + g_l1 + g_l2
+            self.optimizer_step(opt_g, g_loss, g_params)
+        finally:
+            for p in d_params:
+                p.requires_grad_(True)
+        with torch.no_grad():
+            diversity = _pairwise_spread(fake) / _pairwise_spread(x).clamp_min(1e-8)
+        values = torch.stack(
+            [
+                d_loss.detach(),
+                g_loss.detach(),
+                self._mean_outputs(real_scores),
+                self._mean_outputs(fake_scores),
+                terms.gp.detach(),
+                diversity,
+                (d_l1 + g_l1).detach(),
+                (d_l2 + g_l2).detach(),
+                (d_loss + g_loss).detach(),
+            ]
+        ).tolist()
+        keys = ("d_loss", "g_loss", "d_real", "d_fake", "gp", "diversity", "l1", "l2", "total")
+        return dict(zip(keys, values, strict=True))
+
+    @torch.no_grad()
+    def validation_step(self, x: torch.Tensor) -> dict[str, float]:
+        """The same losses on a held-out batch, without updating; codes (and the penalty's mixing
+        weights) come from a fixed seed, so epochs are compared on the same draws."""
+        seeded = torch.Generator().manual_seed(0)
+        fake = self.decode(self.sample_latent(len(x), generator=seeded))
+        terms, real_scores, fake_scores = self._discriminator_loss(x, fake, seeded)
+        _, g_loss = gan_losses(self.config.loss, real_scores, fake_scores)
+        diversity = _pairwise_spread(fake) / _pairwise_spread(x).clamp_min(1e-8)
+        values = torch.stack(
+            [
+                terms.discriminator,
+                g_loss,
+                self._mean_outputs(real_scores),
+                self._mean_outputs(fake_scores),
+                terms.gp,
+                diversity,
+                terms.discriminator + g_loss,
+            ]
+        ).tolist()
+        keys = ("d_loss", "g_loss", "d_real", "d_fake", "gp", "diversity", "total")
+        return dict(zip(keys, values, strict=True))
+
+    def epoch_warnings(self, record: dict[str, Any]) -> list[str]:
+        """The discriminator winning outright, or the generator collapsing, in plain words."""
+        terms = record.get("train", {})
+        warnings = []
+        d_real, d_fake = terms.get("d_real"), terms.get("d_fake")
+        if self.config.loss == "nonsaturating" and d_real is not None and d_fake is not None:
+            if d_real > 0.99 and d_fake < 0.01:
+                warnings.append(
+                    f"the discriminator wins outright: mean D(x) = {d_real:.3f} on real images "
+                    f"and D(G(z)) = {d_fake:.4f} on generated ones for the whole epoch, so the "
+                    "generator gets almost no gradient; lower model.lr_d or raise model.lr_g"
+                )
+        if self.config.loss == "hinge" and terms.get("d_loss", 1.0) < 0.02:
+            warnings.append(
+                f"the discriminator wins outright: its hinge loss is {terms['d_loss']:.4f} "
+                "(every margin satisfied); lower model.lr_d or raise model.lr_g"
+            )
+        diversity = terms.get("diversity")
+        if diversity is not None and diversity < 0.25:
+            warnings.append(
+                f"the generator may be collapsing: its samples differ from each other only "
+                f"{diversity:.2f} times as much as real images do (1.0 = as varied as the data); "
+                "check `latentspace quality` for the classes it covers"
+            )
+        return warnings
+
+    # ---- use: inversion ------------------------------------------------------------------------
+    def invert(
+        self,
+        x: torch.Tensor,
+        *,
+        steps: int | None = None,
+        restarts: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAN inversion: the code whose decoding is closest to x. x: (B, C, H, W) ->
+        (z (B, D), error (B,): mean squared pixel error of decode(z) against x).
+
+        Adam on the codes for `steps` steps from `restarts` random starts per image (all in one
+        batch), keeping the start that ends closest. Deterministic: starts come from `generator`,
+        or a fixed seed."""
+        steps = self.config.inversion_steps if steps is None else steps
+        restarts = self.config.inversion_restarts if restarts is None else restarts
+        generator = generator or torch.Generator().manual_seed(0)
+        was_training = self.training
+        self.eval()
+        n = len(x)
+        target = x.detach().repeat(restarts, 1, 1, 1)
+        z = self.sample_latent(restarts * n, generator=generator).requires_grad_(True)
+        optimizer = torch.optim.Adam([z], lr=self.config.inversion_lr)
+        try:
+            with torch.enable_grad():  # the CLI encodes under no_grad
+                for _ in range(steps):
+                    # summed over images: each code's gradient is its own image's alone
+                    loss = (self.decode(z) - target).pow(2).flatten(1).mean(1).sum()
+                    (z.grad,) = torch.autograd.grad(loss, z)
+                    optimizer.step()
+            with torch.no_grad():
+                errors = (self.decode(z) - target).pow(2).flatten(1).mean(1)
+                best = errors.view(restarts, n).argmin(0)
+                index = best * n + torch.arange(n, device=best.device)
+                codes, best_errors = z.detach()[index], errors[index]
+        finally:
+            self.train(was_training)
+        self.last_inversion_error = best_errors
+        return codes, best_errors
+
+    def encode(
+        self, x: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """GAN inversion (see `invert`); the error reached is kept in `last_inversion_error`.
+        A GAN has no posterior, so `sample` changes nothing."""
+        codes, _ = self.invert(x)
+        return codes

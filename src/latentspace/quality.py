@@ -1,0 +1,245 @@
+"""Sample quality that works offline: FID and KID (torchmetrics) in the features of latentspace's
+own per-dataset network (`latentspace.classifier`), and the class distribution of generated
+samples under that classifier (mode coverage).
+
+These scores are NOT comparable with published (Inception-v3) FID/KID: every output names the
+features it used, e.g. "FID (latentspace mnist classifier features)". They compare models trained
+here with each other and with the floor: the same score between real held-out images and real
+training images of the same number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from latentspace.classifier import FeatureNetwork, FeatureNetworkInfo, feature_network
+from latentspace.data import DATASETS, ImageSet, to_float
+from latentspace.errors import DataError, LatentspaceError
+from latentspace.runs import Run
+
+__all__ = [
+    "QualityReport",
+    "class_distribution",
+    "evaluate_quality",
+    "fid_kid",
+    "uniform_deviation",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityReport:
+    """FID/KID of generated samples against real held-out images, and their floor."""
+
+    features: str  # "latentspace mnist classifier features": name every score with it
+    reference: str  # the real held-out images compared against, e.g. "mnist:test"
+    n_generated: int
+    n_reference: int
+    fid: float
+    kid_mean: float
+    kid_std: float
+    floor_fid: float  # real training images (as many as generated) against the same reference
+    floor_kid_mean: float
+    floor_kid_std: float
+    classes: list[str] | None
+    generated_classes: list[float] | None  # fraction of generated samples per predicted class
+    reference_classes: list[float] | None  # the same for the real held-out images
+    max_deviation: float | None  # max over classes of |fraction * K - 1|: 0.2 = within 20%
+    classes_covered: int | None  # classes with at least half their uniform share
+    classifier_accuracy: float | None  # the feature network's held-out accuracy
+
+    def lines(self) -> list[str]:
+        """The report in plain words, every score named with its features."""
+        f = self.features
+        out = [
+            f"FID ({f}): {self.fid:.3f}   floor (real train vs {self.reference}): "
+            f"{self.floor_fid:.3f}",
+            f"KID ({f}): {self.kid_mean:.5f} +- {self.kid_std:.5f}   floor: "
+            f"{self.floor_kid_mean:.5f} +- {self.floor_kid_std:.5f}",
+            f"{self.n_generated} generated images against {self.n_reference} images of "
+            f"{self.reference}; not comparable with published Inception-FID/KID",
+        ]
+        if self.classifier_accuracy is not None:
+            out.append(f"classifier test accuracy: {self.classifier_accuracy:.4f}")
+        if self.classes and self.generated_classes and self.reference_classes:
+            k = len(self.classes)
+            out.append(
+                f"classes of generated samples (uniform = {1 / k:.3f}; {self.classes_covered}/{k} "
+                f"classes with at least half that; largest deviation {self.max_deviation:.0%}):"
+            )
+            for name, fake, real in zip(
+                self.classes, self.generated_classes, self.reference_classes, strict=True
+            ):
+                out.append(f"  {name:<14} {fake:.3f}   (real held-out {real:.3f})")
+        else:
+            out.append("no classes (unlabelled images): mode coverage cannot be measured")
+        return out
+
+
+def _metrics(network: FeatureNetwork, subset_size: int, subsets: int) -> tuple[Any, Any]:
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+    except ImportError:
+        raise LatentspaceError(
+            "FID/KID need torchmetrics: pip install 'latentspace[metrics]'"
+        ) from None
+    with warnings.catch_warnings():
+        # KID keeps all features in memory and says so; at 128 floats per image that is small
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        fid = FrechetInceptionDistance(feature=network, normalize=True)
+        kid = KernelInceptionDistance(
+            feature=network, normalize=True, subsets=subsets, subset_size=subset_size
+        )
+    return fid, kid
+
+
+@torch.no_grad()
+def fid_kid(
+    reference: torch.Tensor,
+    images: torch.Tensor,
+    network: FeatureNetwork,
+    *,
+    kid_subsets: int = 50,
+    kid_subset_size: int = 1000,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(FID, KID mean, KID std) of `images` against `reference`, both (N, C, H, W) uint8 or floats
+    in [0, 1], in the features of `network` (torchmetrics; KID's subsets drawn with `seed`)."""
+    if len(reference) < 2 or len(images) < 2:
+        raise DataError("FID/KID need at least 2 images on each side")
+    network.eval()
+    subset_size = min(kid_subset_size, len(reference), len(images))
+    fid, kid = _metrics(network, subset_size, kid_subsets)
+    for tensor, real in ((reference, True), (images, False)):
+        for i in range(0, len(tensor), batch_size):
+            batch = tensor[i : i + batch_size]
+            batch = to_float(batch) if batch.dtype == torch.uint8 else batch.float()
+            fid.update(batch, real=real)
+            kid.update(batch, real=real)
+    with torch.random.fork_rng(devices=[]):  # KID draws subsets from the global generator
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+    return float(fid.compute()), float(kid_mean), float(kid_std)
+
+
+@torch.no_grad()
+def class_distribution(
+    images: torch.Tensor, network: FeatureNetwork, batch_size: int = 500
+) -> torch.Tensor:
+    """Fraction of `images` the classifier assigns to each class: (n_classes,), sums to 1."""
+    counts = torch.zeros(network.n_classes or 0)
+    for i in range(0, len(images), batch_size):
+        batch = images[i : i + batch_size]
+        predicted = network.logits(batch).argmax(1)
+        counts += torch.bincount(predicted, minlength=len(counts)).float()
+    return counts / counts.sum().clamp_min(1)
+
+
+def uniform_deviation(fractions: torch.Tensor) -> float:
+    """max over classes of |fraction * K - 1|: 0.2 means every class within 20% of uniform."""
+    return float((fractions * len(fractions) - 1.0).abs().max())
+
+
+def _real_images(run: Run) -> tuple[ImageSet, ImageSet, str]:
+    """(reference held-out images, training images, reference name) for a run's dataset."""
+    from latentspace.train import prepare_data
+
+    dataset = run.config.data.dataset
+    name = dataset.partition(":")[0]
+    if name in DATASETS:
+        from latentspace.data import resolve
+
+        return resolve(f"{name}:test"), resolve(f"{name}:train"), f"{name}:test"
+    train, val = prepare_data(run.config)
+    if val is None:
+        raise DataError(
+            f"{run.path} holds out no validation images (data.val_fraction = 0): "
+            "there are no real held-out images to compare against"
+        )
+    return val, train, f"{dataset} (the run's held-out images)"
+
+
+def evaluate_quality(
+    run: Run,
+    *,
+    n: int = 10000,
+    seed: int = 0,
+    batch_size: int = 500,
+    log: Callable[[str], None] = print,
+) -> QualityReport:
+    """FID/KID and mode coverage of `n` samples generated by `run` (any model family), against
+    the real held-out images, with the floor measured on as many real training images."""
+    reference, train, reference_name = _real_images(run)
+    name = run.config.data.dataset.partition(":")[0]
+    images = None if name in DATASETS else _full_images(run)
+    network, info = feature_network(run.config.data.dataset, images=images, log=log)
+    network = network.to(run.model.device)
+    if info.image_shape != run.image_shape:
+        raise DataError(
+            f"the feature network for {info.dataset} takes {info.image_shape} images, but "
+            f"{run.path} makes {run.image_shape}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    generated = torch.cat(
+        [
+            run.model.generate(min(batch_size, n - i), generator=generator).cpu()
+            for i in range(0, n, batch_size)
+        ]
+    )
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    floor_images = train.images[order[: min(n, len(train))]]
+    fid, kid_mean, kid_std = fid_kid(reference.images, generated, network, seed=seed)
+    floor = fid_kid(reference.images, floor_images, network, seed=seed)
+    return _report(
+        info, reference_name, reference, generated, (fid, kid_mean, kid_std), floor, network
+    )
+
+
+def _full_images(run: Run) -> ImageSet:
+    from latentspace.data import resolve
+
+    data = run.config.data
+    return resolve(data.dataset, size=data.size, channels=data.channels, strict=data.strict)
+
+
+def _report(
+    info: FeatureNetworkInfo,
+    reference_name: str,
+    reference: ImageSet,
+    generated: torch.Tensor,
+    scores: tuple[float, float, float],
+    floor: tuple[float, float, float],
+    network: FeatureNetwork,
+) -> QualityReport:
+    fake_classes = real_classes = None
+    deviation = covered = None
+    if info.kind == "classifier" and info.classes:
+        fake = class_distribution(generated, network)
+        real = class_distribution(reference.images, network)
+        fake_classes, real_classes = fake.tolist(), real.tolist()
+        deviation = uniform_deviation(fake)
+        covered = int((fake >= 0.5 / len(fake)).sum())
+    return QualityReport(
+        features=info.label,
+        reference=reference_name,
+        n_generated=len(generated),
+        n_reference=len(reference),
+        fid=scores[0],
+        kid_mean=scores[1],
+        kid_std=scores[2],
+        floor_fid=floor[0],
+        floor_kid_mean=floor[1],
+        floor_kid_std=floor[2],
+        classes=info.classes,
+        generated_classes=fake_classes,
+        reference_classes=real_classes,
+        max_deviation=deviation,
+        classes_covered=covered,
+        classifier_accuracy=info.test_accuracy,
+    )

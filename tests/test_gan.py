@@ -1,0 +1,181 @@
+"""The GAN family: its step, its losses, inversion, warnings, and a run used through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import latentspace as ls
+from latentspace import cli
+from latentspace.config import Config, apply_overrides
+from latentspace.errors import ConfigError
+from latentspace.models import MODELS
+from latentspace.models.gan import GAN, gradient_penalty
+
+
+def gan_config(tiny_npz: Path, *overrides: str) -> Config:
+    config = ls.default_config(
+        "gan",
+        dataset=str(tiny_npz),
+        epochs=2,
+        batch_size=16,
+        latent_dim=2,
+        hidden_sizes=(32,),
+        device="cpu",
+    )
+    return apply_overrides(config, list(overrides))
+
+
+def build(config: Config) -> tuple[GAN, list[torch.optim.Optimizer]]:
+    model = MODELS["gan"](config.model, (1, 12, 12))
+    assert isinstance(model, GAN)
+    return model, model.configure_optimizers(config.train)
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+@pytest.mark.parametrize("loss", ["nonsaturating", "hinge", "wgan-gp"])
+def test_one_step_changes_both_networks(tiny_npz: Path, architecture: str, loss: str) -> None:
+    config = gan_config(
+        tiny_npz, f"model.architecture={architecture}", "model.channels=4,8", f"model.loss={loss}"
+    )
+    model, optimizers = build(config)
+    before_g = [p.detach().clone() for p in model.generator.parameters()]
+    before_d = [p.detach().clone() for p in model.discriminator.parameters()]
+    terms = model.training_step(torch.rand(8, 1, 12, 12), optimizers)
+    assert {"d_loss", "g_loss", "d_real", "d_fake", "gp", "total"} <= set(terms)
+    assert terms["total"] == pytest.approx(terms["d_loss"] + terms["g_loss"])
+    assert all(np.isfinite(list(terms.values())))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before_g, model.generator.parameters(), strict=True)
+    )
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(before_d, model.discriminator.parameters(), strict=True)
+    )
+    assert (terms["gp"] > 0) == (loss == "wgan-gp")
+
+
+def test_d_steps_and_separate_learning_rates(tiny_npz: Path) -> None:
+    config = gan_config(tiny_npz, "model.d_steps=3", "model.lr_d=0.004", "model.lr_g=0.001")
+    model, (opt_d, opt_g) = build(config)
+    model.training_step(torch.rand(8, 1, 12, 12), [opt_d, opt_g])
+    assert opt_d.param_groups[0]["lr"] == 0.004 and opt_g.param_groups[0]["lr"] == 0.001
+    assert opt_d.param_groups[0]["betas"] == (0.5, 0.999)
+    d_weight = next(model.discriminator.parameters())
+    g_weight = next(model.generator.parameters())
+    assert int(opt_d.state[d_weight]["step"]) == 3
+    assert int(opt_g.state[g_weight]["step"]) == 1
+
+
+def test_l1_l2_penalties_reach_both_losses(tiny_npz: Path) -> None:
+    plain, optimizers = build(gan_config(tiny_npz))
+    terms = plain.training_step(torch.rand(8, 1, 12, 12), optimizers)
+    assert terms["l1"] == 0 and terms["l2"] == 0
+    penalised, optimizers = build(gan_config(tiny_npz, "train.l1=0.001", "train.l2=0.01"))
+    expected = [float(t.detach()) for t in penalised.penalties()]
+    terms = penalised.training_step(torch.rand(8, 1, 12, 12), optimizers)
+    # measured before each network's step; both networks' weights counted
+    assert terms["l1"] == pytest.approx(expected[0], rel=0.05)
+    assert terms["l2"] == pytest.approx(expected[1], rel=0.05)
+
+
+def test_gradient_penalty_matches_direct_computation() -> None:
+    torch.manual_seed(0)
+    real, fake = torch.rand(5, 1, 3, 3), torch.rand(5, 1, 3, 3)
+    # a linear critic has gradient w everywhere: penalty (||w|| - 1)^2
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(9, 1))
+    w = linear[1].weight.detach()
+    penalty = gradient_penalty(linear, real, fake, generator=torch.Generator().manual_seed(1))
+    assert float(penalty.detach()) == pytest.approx(float((w.norm() - 1) ** 2), rel=1e-5)
+
+    # D(x) = sum x^2 has gradient 2 x_hat at x_hat = e x + (1 - e) G(z)
+    class Square(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.pow(2).flatten(1).sum(1, keepdim=True)
+
+    penalty = gradient_penalty(Square(), real, fake, generator=torch.Generator().manual_seed(2))
+    eps = torch.rand(5, 1, 1, 1, generator=torch.Generator().manual_seed(2))
+    mixed = eps * real + (1 - eps) * fake
+    direct = ((2 * mixed).flatten(1).norm(dim=1) - 1).pow(2).mean()
+    assert float(penalty.detach()) == pytest.approx(float(direct), rel=1e-5)
+
+
+def test_inversion_recovers_a_generating_code(tiny_npz: Path) -> None:
+    model, _ = build(gan_config(tiny_npz, "model.inversion_steps=300"))
+    model.eval()
+    z0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        x = model.decode(z0)
+    z, error = model.invert(x)
+    assert z.shape == (4, 2) and error.shape == (4,)
+    with torch.no_grad():
+        baseline = (model.decode(torch.randn(4, 2)) - x).pow(2).flatten(1).mean(1)
+    assert float(error.max()) < 1e-4 < float(baseline.min())
+    assert torch.allclose(z, z0, atol=0.05)
+    assert torch.equal(model.encode(x), z)  # deterministic
+    assert model.last_inversion_error is not None
+
+
+def test_epoch_warnings_name_the_numbers(tiny_npz: Path) -> None:
+    model, _ = build(gan_config(tiny_npz))
+    calm = {"train": {"d_real": 0.7, "d_fake": 0.3, "diversity": 0.9, "d_loss": 1.0}}
+    assert model.epoch_warnings(calm) == []
+    lost = {"train": {"d_real": 0.998, "d_fake": 0.002, "diversity": 0.1, "d_loss": 0.01}}
+    warnings = model.epoch_warnings(lost)
+    assert len(warnings) == 2
+    assert "discriminator wins" in warnings[0] and "0.998" in warnings[0]
+    assert "collapsing" in warnings[1] and "0.10" in warnings[1]
+
+
+def test_bad_gan_settings_are_config_errors(tiny_npz: Path) -> None:
+    with pytest.raises(ConfigError, match="model.loss"):
+        gan_config(tiny_npz, "model.loss=minimax")
+    with pytest.raises(ConfigError, match="model.d_steps"):
+        gan_config(tiny_npz, "model.d_steps=0")
+
+
+class Capture:
+    """Generates from the trainer's in-memory model once training has finished."""
+
+    images: torch.Tensor
+
+    def on_train_end(self, trainer: Any) -> None:
+        self.images = trainer.model.generate(6, generator=torch.Generator().manual_seed(5))
+
+
+def test_run_saves_loads_and_generates_identically(tiny_npz: Path, tmp_path: Path) -> None:
+    config = gan_config(tiny_npz, "model.architecture=conv", "model.channels=4,8")
+    capture = Capture()
+    ls.train(config, tmp_path / "run", callbacks=[capture], quiet=True)
+    loaded = ls.load(tmp_path / "run")
+    again = loaded.generate(6, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(again, capture.images)
+    records = [r for r in ls.open_run(tmp_path / "run").metrics if r["kind"] == "epoch"]
+    assert len(records) == 2 and {"d_real", "d_fake", "gp"} <= set(records[-1]["val"])
+
+
+def test_cli_uses_a_gan_run(tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    train = ["train", "--model", "gan", "--dataset", str(tiny_npz), "--out", str(run)]
+    train += ["--epochs", "1", "--latent-dim", "2", "--hidden", "32", "--batch-size", "16"]
+    train += ["--quiet", "--no-report", "--set", "model.inversion_steps=20"]
+    assert cli.main(train) == 0
+    codes = tmp_path / "codes.npz"
+    assert cli.main(["encode", str(run), str(tiny_npz), "--out", str(codes), "--limit", "5"]) == 0
+    assert np.load(codes)["codes"].shape == (5, 2)
+    assert cli.main(["decode", str(run), str(codes), "--out", str(tmp_path / "d.png")]) == 0
+    assert cli.main(["generate", str(run), "-n", "4", "--out", str(tmp_path / "g.png")]) == 0
+    assert (
+        cli.main(
+            ["reconstruct", str(run), str(tiny_npz), "-n", "3", "--out", str(tmp_path / "r.png")]
+        )
+        == 0
+    )
+    output = capsys.readouterr().out
+    assert "mean squared error" in output
+    assert all((tmp_path / f).exists() for f in ("d.png", "g.png", "r.png"))
