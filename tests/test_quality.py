@@ -100,3 +100,14 @@ def test_classifier_command(blobs: Path, capsys: pytest.CaptureFixture) -> None:
     assert shown["kind"] == "classifier" and Path(shown["path"]).exists()
     assert cli.main(["classifier", str(blobs)]) == 0
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_evaluate_fid_flag(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert (
+        cli.main(["evaluate", str(tiny_run), "--split", "val", "--fid", "30", "--nll-samples", "0"])
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "FID (latentspace" in text and "classes of generated samples" in text
+    record = [r for r in ls.open_run(tiny_run).metrics if "quality" in r][-1]
+    assert record["quality"]["n_generated"] == 30

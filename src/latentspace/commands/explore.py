@@ -38,6 +38,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=100, help="images per batch (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seeds the importance samples")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--fid",
+        type=int,
+        nargs="?",
+        const=10000,
+        metavar="N",
+        help="also FID/KID and class coverage of N generated images (default 10000) in "
+        "latentspace's classifier features (trained once, cached); see docs/gans.md",
+    )
     add_device_arguments(p)
     p.set_defaults(handler=run_evaluate)
 
@@ -166,11 +175,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     record["threads"] = torch.get_num_threads()
+    report = None
+    if args.fid is not None:
+        from latentspace.quality import evaluate_quality
+
+        quiet = args.json  # the output must stay one JSON object
+        log = (lambda line: None) if quiet else print
+        report = evaluate_quality(run, n=max(2, args.fid), seed=args.seed, log=log)
+        record["quality"] = dict(vars(report))
     append_metrics(run.path, record)
     if args.json:
         print(json.dumps(record))
         return 0
-    for line in describe_evaluation(record):
+    for line in describe_evaluation(record) + (report.lines() if report else []):
         print(line)
     return 0
 
