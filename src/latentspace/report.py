@@ -39,6 +39,7 @@ __all__ = [
 REPORT = "report.html"
 _QUICK_IMAGES = 1000  # a report without an evaluation record evaluates this many images
 _QUICK_SAMPLES = 100
+_MAP_IMAGES = 1000  # images encoded for the interpolation, traversal and latent map
 
 
 # ---- figure helpers (also used by the CLI) ----------------------------------------------------
@@ -153,6 +154,8 @@ def loss_figure(records: list[dict[str, Any]], path: Path) -> list[str]:
     columns = min(3, len(terms))
     rows = math.ceil(len(terms) / columns)
     figure = _figure(4.2 * columns, 3.2 * rows)
+    from matplotlib.ticker import MaxNLocator
+
     x = [r["epoch"] for r in epochs]
     for i, term in enumerate(terms):
         ax = figure.add_subplot(rows, columns, i + 1)
@@ -162,6 +165,7 @@ def loss_figure(records: list[dict[str, Any]], path: Path) -> list[str]:
             ax.plot(x, val, label="validation", marker=".")
         ax.set_title(term)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     figure.savefig(path)
     return terms
@@ -271,8 +275,20 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
 
     def images() -> ImageSet:
         if "images" not in state:
-            state["images"] = report_images(run)
+            state["images"] = report_images(run, limit=_MAP_IMAGES)
         return state["images"]
+
+    def codes() -> torch.Tensor:
+        """Codes of images(), encoded once (a GAN's encoder is an optimisation: costly)."""
+        if "codes" not in state:
+            with torch.no_grad():
+                state["codes"] = torch.cat(
+                    [
+                        model.encode(to_float(images().images[i : i + 500].to(model.device))).cpu()
+                        for i in range(0, len(images()), 500)
+                    ]
+                )
+        return state["codes"]
 
     def losses() -> str:
         terms = loss_figure(run.metrics, folder / "losses.png")
@@ -294,11 +310,10 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
 
     def interpolation() -> str:
         pair = _distinct_pair(images())
-        x = to_float(images().images[pair].to(model.device))
+        a, b = codes()[pair[0]], codes()[pair[1]]
         with torch.no_grad():
-            codes = model.encode(x).cpu()
             rows = [
-                model.decode(latent.interpolate(codes[0], codes[1], 10, mode).to(model.device))
+                model.decode(latent.interpolate(a, b, 10, mode).to(model.device))
                 for mode in ("lerp", "slerp")
             ]
         save_grid(torch.cat(rows).cpu(), folder / "interpolation.png", nrow=10)
@@ -309,12 +324,11 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
         )
 
     def traversal() -> str:
-        with torch.no_grad():
-            z = model.encode(to_float(images().images[:1].to(model.device)))[0].cpu()
-            codes = model.encode(to_float(images().images[:500].to(model.device))).cpu()
-        spread_order = codes.var(0).argsort(descending=True).tolist()
+        spread_order = codes().var(0).argsort(descending=True).tolist()
         dims = sorted(spread_order[:10])
-        save_grid(traversal_images(model, z, dims, 3.0, 9), folder / "traversal.png", nrow=9)
+        save_grid(
+            traversal_images(model, codes()[0], dims, 3.0, 9), folder / "traversal.png", nrow=9
+        )
         return sections.figure(
             "traversal.png",
             f"rows: latent dimensions {', '.join(map(str, dims))} (the {len(dims)} that vary "
@@ -323,15 +337,8 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
         )
 
     def latent_maps() -> str:
-        with torch.no_grad():
-            codes = torch.cat(
-                [
-                    model.encode(to_float(images().images[i : i + 500].to(model.device))).cpu()
-                    for i in range(0, len(images()), 500)
-                ]
-            )
         captions = latent_map(
-            run, codes, images(), folder / "latent-map.png", folder / "latent-plane.png"
+            run, codes(), images(), folder / "latent-map.png", folder / "latent-plane.png"
         )
         return sections.figure("latent-map.png", captions["scatter"]) + sections.figure(
             "latent-plane.png", captions["plane"]
