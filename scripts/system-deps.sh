@@ -6,6 +6,9 @@ need_apt=()
 # (each feature adds the Debian packages it needs below, with the command that proves they exist)
 # the report test opens report.html in a real browser (tests/test_report.py)
 command -v chromium >/dev/null || need_apt+=(chromium)
+# the tune test starts a throwaway PostgreSQL server (tests/test_tune_postgres.py); Debian puts
+# initdb/pg_ctl in /usr/lib/postgresql/<version>/bin, off PATH
+{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq >/dev/null 2>&1 || true

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "latentspace.commands.train",
     "latentspace.commands.use",
     "latentspace.commands.data",
+    "latentspace.commands.tune",
     "latentspace.commands.gan",
     "latentspace.commands.explore",
 )

@@ -1,0 +1,274 @@
+"""`latentspace tune`: the space, a small study with pruning, parallel workers, resume after kill."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from latentspace.cli import main  # noqa: E402
+from latentspace.config import Config, config_to_dict, load_config  # noqa: E402
+from latentspace.errors import ConfigError  # noqa: E402
+from latentspace.runs import open_run  # noqa: E402
+from latentspace.tune import (  # noqa: E402
+    DEFAULT_SPACE,
+    config_to_toml,
+    load_space,
+    parse_space,
+)
+from latentspace.tune.study import JOURNAL, LOST  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = """
+[train]
+epochs = 3
+lr = { low = 1e-3, high = 3e-2, log = true }
+batch_size = { choices = [16, 32] }
+optimizer = "adam"
+[model]
+hidden_sizes = { layers = [1, 2], units = [8, 32], log = true }
+latent_dim = { low = 2, high = 4 }
+"""
+
+
+def _write(tmp_path: Path, config: Config, space: str = SPACE) -> tuple[Path, Path]:
+    base = tmp_path / "base.toml"
+    base.write_text(config_to_toml(config))
+    space_path = tmp_path / "space.toml"
+    space_path.write_text(space)
+    return base, space_path
+
+
+def _load(out: Path) -> optuna.Study:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+    return optuna.load_study(study_name=out.name, storage=storage)
+
+
+def _states(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+# ---- the space -------------------------------------------------------------------------------
+def test_default_space_file_matches_the_code(tiny_config: Config) -> None:
+    documented = tomllib.loads((ROOT / "configs" / "tune-space.toml").read_text())
+    assert (
+        parse_space(documented, tiny_config).describe() == load_space(None, tiny_config).describe()
+    )
+    assert set(load_space(None, tiny_config).describe()) == set(DEFAULT_SPACE)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"train": {"learning_rate": {"low": 1, "high": 2}}}, "unknown key 'train.learning_rate'"),
+        ({"train": {"lr": {"low": 0.1, "high": 0.01}}}, "impossible range"),
+        ({"train": {"lr": {"low": 0.0, "high": 0.01, "log": True}}}, "log range needs low > 0"),
+        ({"model": {"activation": {"choices": ["relu", "swish"]}}}, "unknown activation 'swish'"),
+        ({"train": {"batch_size": {"low": 0, "high": 64}}}, "train.batch_size"),
+        ({"exclude": ["train.nope"]}, "unknown key 'train.nope'"),
+    ],
+)
+def test_bad_space_is_one_clear_error(tiny_config: Config, raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        parse_space(raw, tiny_config, "space.toml")
+    assert "\n" not in str(error.value) and str(error.value).startswith("space.toml")
+
+
+def test_space_suggests_conditional_hidden_layers_and_off(tiny_config: Config) -> None:
+    space = parse_space({}, tiny_config)
+    params = {
+        "model.hidden_sizes.layers": 2,
+        "model.hidden_sizes.1": 300,
+        "model.hidden_sizes.2": 40,
+        "train.l1.on": False,
+        "train.l2.on": True,
+        "train.l2": 1e-4,
+        "train.lr": 0.003,
+        "train.batch_size": 64,
+        "train.optimizer": "sgd",
+        "model.activation": "tanh",
+        "model.latent_dim": 7,
+    }
+    config = space.apply(tiny_config, optuna.trial.FixedTrial(params))
+    assert config.model.hidden_sizes == (300, 40)
+    assert (config.train.l1, config.train.l2, config.train.optimizer) == (0.0, 1e-4, "sgd")
+    assert (config.model.activation, config.model.latent_dim, config.train.epochs) == (
+        "tanh",
+        7,
+        20,
+    )
+
+
+def test_best_toml_round_trips(tiny_config: Config, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(config_to_toml(tiny_config, "header"))
+    assert config_to_dict(load_config(path)) == config_to_dict(tiny_config)
+
+
+# ---- a study ---------------------------------------------------------------------------------
+def test_study_with_pruning_has_every_state_and_a_trainable_best(
+    tmp_path: Path, tiny_config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # conv with five stride-2 layers cannot fit a 12x12 image: those trials fail
+    space = SPACE + 'architecture = { choices = ["mlp", "conv"] }\nchannels = [4, 4, 4, 4, 4]\n'
+    base, space_path = _write(tmp_path, tiny_config, space)
+    out = tmp_path / "study"
+    args = ["tune", "--config", str(base), "--space", str(space_path), "--out", str(out)]
+    args += ["--trials", "12", "--sampler", "random", "--pruner", "sha", "--seed", "0"]
+    assert main(args) == 0
+    study = _load(out)
+    states = _states(study)
+    assert states.get("COMPLETE", 0) >= 1 and states.get("PRUNED", 0) >= 1, states
+    assert states.get("FAIL", 0) >= 1 and sum(states.values()) == 12, states
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert all("too small" in t.user_attrs["error"] for t in failed)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert all(t.user_attrs["epochs"] < 3 for t in pruned)
+    # every trial that trained is a normal, loadable run
+    for t in study.trials:
+        if t.state.name != "FAIL":
+            assert open_run(t.user_attrs["run_dir"]).config.train.epochs == 3
+    with open(out / "trials.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["number"]) for r in rows] == list(range(12))
+    html = (out / "tune-report.html").read_text()
+    for heading in ("Optimisation history", "Parameter importances", "Parallel coordinates"):
+        assert heading in html
+    assert html.count("data:image/png;base64") >= 4
+    assert (out / "best-run" / "TRIAL").read_text().strip() == str(study.best_trial.number)
+
+    # best.toml trains as it is, with the best trial's settings
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(out / "best.toml"),
+                "--out",
+                str(tmp_path / "again"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    again = open_run(tmp_path / "again").config
+    best = study.best_trial.params
+    assert again.train.lr == pytest.approx(best["train.lr"])
+    assert len(again.model.hidden_sizes) == best["model.hidden_sizes.layers"]
+
+    # tune-report rebuilds the report from the storage alone
+    (out / "tune-report.html").unlink()
+    capsys.readouterr()
+    assert main(["tune-report", str(out)]) == 0
+    assert (out / "tune-report.html").exists() and "best: trial" in capsys.readouterr().out
+
+    # the same command again: the study is complete, nothing more runs
+    assert main(args) == 0
+    assert len(_load(out).trials) == 12
+
+
+def test_resumed_study_must_keep_its_config(tmp_path: Path, tiny_config: Config) -> None:
+    base, space_path = _write(tmp_path, tiny_config)
+    out = tmp_path / "s"
+    args = ["tune", "--config", str(base), "--space", str(space_path), "--out", str(out), "--quiet"]
+    assert main([*args, "--trials", "1", "--pruner", "none"]) == 0
+    assert main([*args, "--trials", "2", "--set", "train.seed=5"]) == 1
+
+
+def _tune_command(base: Path, space: Path, out: Path, trials: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "latentspace.cli", "tune", "--config", str(base), "--space",
+        str(space), "--out", str(out), "--trials", str(trials), "--sampler", "random",
+        "--pruner", "none", *extra,
+    ]  # fmt: skip
+
+
+def _slow_config(tiny_config: Config, tmp_path: Path) -> Config:
+    """A tiny config whose trials take about a second, so that a kill lands mid-trial."""
+    import numpy as np
+
+    from conftest import make_images
+    from latentspace.config import apply_overrides
+
+    path = tmp_path / "more.npz"
+    np.savez(path, images=make_images(512), labels=np.zeros(512, dtype=np.int64))
+    return apply_overrides(tiny_config, [f"data.dataset={path}"])
+
+
+def test_two_workers_record_every_trial_exactly_once(tmp_path: Path, tiny_config: Config) -> None:
+    base, space_path = _write(tmp_path, _slow_config(tiny_config, tmp_path))
+    out = tmp_path / "par"
+    result = subprocess.run(
+        _tune_command(base, space_path, out, 6, "--workers", "2", "--quiet"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    trials = _load(out).trials
+    assert sorted(t.number for t in trials) == list(range(6))
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
+    dirs = sorted(p.name for p in (out / "trials").iterdir())
+    assert dirs == [f"{n:04d}" for n in range(6)]
+    assert len({t.user_attrs["run_dir"] for t in trials}) == 6
+
+
+def _start_and_wait_for_a_trial(command: list[str]) -> subprocess.Popen[str]:
+    """Start `tune` and return once one trial has finished and the next one has begun."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("trial"):
+            break
+    time.sleep(0.3)
+    return process
+
+
+def test_interrupted_or_killed_study_resumes_to_the_requested_count(
+    tmp_path: Path, tiny_config: Config
+) -> None:
+    base, space_path = _write(tmp_path, _slow_config(tiny_config, tmp_path))
+    out = tmp_path / "resume"
+    command = _tune_command(base, space_path, out, 4)
+
+    # Ctrl-C: the running trial is marked, best.toml and the report are written, exit 130
+    process = _start_and_wait_for_a_trial(command)
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=60)[0]
+    assert process.returncode == 130, rest
+    trials = _load(out).trials
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    assert [t.user_attrs[LOST] for t in trials if t.user_attrs.get(LOST)] == [
+        "interrupted (Ctrl-C)"
+    ]
+    assert (out / "best.toml").exists() and (out / "tune-report.html").exists()
+
+    # kill -9: the running trial stays RUNNING in the journal...
+    process = _start_and_wait_for_a_trial(command)
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=30)
+    assert [t.state.name for t in _load(out).trials].count("RUNNING") == 1
+
+    # ...until the next start fails it; the study then runs to the requested count
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "marked trials" in result.stdout
+    trials = _load(out).trials
+    lost = [t for t in trials if t.user_attrs.get(LOST)]
+    assert len(lost) == 2 and all(t.state.name == "FAIL" for t in lost)
+    assert "died" in lost[1].user_attrs[LOST]
+    counted = [t for t in trials if not t.user_attrs.get(LOST)]
+    assert len(counted) == 4 and all(t.state.name == "COMPLETE" for t in counted)
