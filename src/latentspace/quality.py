@@ -114,11 +114,12 @@ def fid_kid(
     if len(reference) < 2 or len(images) < 2:
         raise DataError("FID/KID need at least 2 images on each side")
     network.eval()
+    device = next(network.parameters()).device
     subset_size = min(kid_subset_size, len(reference), len(images))
-    fid, kid = _metrics(network, subset_size, kid_subsets)
+    fid, kid = (metric.to(device) for metric in _metrics(network, subset_size, kid_subsets))
     for tensor, real in ((reference, True), (images, False)):
         for i in range(0, len(tensor), batch_size):
-            batch = tensor[i : i + batch_size]
+            batch = tensor[i : i + batch_size].to(device)
             batch = to_float(batch) if batch.dtype == torch.uint8 else batch.float()
             fid.update(batch, real=real)
             kid.update(batch, real=real)
@@ -135,8 +136,8 @@ def class_distribution(
     """Fraction of `images` the classifier assigns to each class: (n_classes,), sums to 1."""
     counts = torch.zeros(network.n_classes or 0)
     for i in range(0, len(images), batch_size):
-        batch = images[i : i + batch_size]
-        predicted = network.logits(batch).argmax(1)
+        batch = images[i : i + batch_size].to(next(network.parameters()).device)
+        predicted = network.logits(batch).argmax(1).cpu()
         counts += torch.bincount(predicted, minlength=len(counts)).float()
     return counts / counts.sum().clamp_min(1)
 
