@@ -272,3 +272,22 @@ def test_interrupted_or_killed_study_resumes_to_the_requested_count(
     assert "died" in lost[1].user_attrs[LOST]
     counted = [t for t in trials if not t.user_attrs.get(LOST)]
     assert len(counted) == 4 and all(t.state.name == "COMPLETE" for t in counted)
+
+
+def test_nll_objective_is_the_runs_importance_weighted_nll(
+    tmp_path: Path, tiny_config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from latentspace.evaluate import evaluate
+    from latentspace.tune.study import NLL_SAMPLES
+
+    base, space_path = _write(tmp_path, tiny_config)
+    out = tmp_path / "nll"
+    args = ["tune", "--config", str(base), "--space", str(space_path), "--out", str(out)]
+    assert main([*args, "--trials", "1", "--objective", "nll", "--quiet"]) == 0
+    trial = _load(out).trials[0]
+    run = open_run(trial.user_attrs["run_dir"])
+    expected = evaluate(run, split="val", nll_samples=NLL_SAMPLES)["nll"]
+    assert trial.value == pytest.approx(expected, rel=1e-6)
+    ae = ["--set", "model.name=ae"]
+    assert main([*args[:-1], str(tmp_path / "ae"), "--trials", "1", "--objective", "nll", *ae]) == 1
+    assert "--objective nll needs a VAE" in capsys.readouterr().err

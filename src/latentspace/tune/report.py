@@ -201,25 +201,37 @@ def _write_report(study: Any, options: Any, base: Config, space: Space) -> Path:
             importances = optuna.importance.get_param_importances(study)
         except (ValueError, RuntimeError):
             importances = {}
-    figures = [
-        ("optimisation history", lambda: plots.plot_optimization_history(study)),
+    # the most important parameters first; slice plots in rows of four stay readable
+    params = list(importances)[:8] or sorted({p for t in complete for p in t.params})[:8]
+    slices = [params[i : i + 4] for i in range(0, len(params), 4)] or [[]]
+    figures: list[tuple[str, list[Any]]] = [
+        ("optimisation history", [lambda: plots.plot_optimization_history(study)]),
         (
             "learning curves (pruned trials stop early)",
-            lambda: plots.plot_intermediate_values(study),
+            [lambda: plots.plot_intermediate_values(study)],
         ),
-        ("parameter importances (PED-ANOVA)", lambda: plots.plot_param_importances(study)),
-        ("parallel coordinates", lambda: plots.plot_parallel_coordinate(study)),
-        ("slice plots", lambda: plots.plot_slice(study)),
+        ("parameter importances (PED-ANOVA)", [lambda: plots.plot_param_importances(study)]),
+        (
+            "parallel coordinates (the eight most important parameters)",
+            [lambda: plots.plot_parallel_coordinate(study, params=params or None)],
+        ),
+        (
+            "slice plots",
+            [lambda chunk=chunk: plots.plot_slice(study, params=chunk) for chunk in slices],
+        ),
     ]
     sections: list[tuple[str, str]] = [("Summary", _summary(study, options, best_run))]
-    for i, (title, plot) in enumerate(figures):
-        png = _figure(plot, figures_dir / f"{i}-{title.split(' (')[0].replace(' ', '-')}.png")
-        body = (
-            html.img_tag(png, title)
-            if png
-            else f'<p class="note">not drawn: {html.escape(_why(figures_dir, i, title))}</p>'
-        )
-        sections.append((title.split(" (")[0].capitalize(), body))
+    for i, (title, plot_list) in enumerate(figures):
+        name = title.split(" (")[0]
+        bodies = []
+        for j, plot in enumerate(plot_list):
+            png = _figure(plot, figures_dir / f"{i}{'abcd'[j % 4]}-{name.replace(' ', '-')}.png")
+            bodies.append(
+                html.img_tag(png, title if j == 0 else "")
+                if png
+                else f'<p class="note">not drawn: {html.escape(_why(figures_dir, i, j, name))}</p>'
+            )
+        sections.append((name.capitalize(), "\n".join(bodies)))
     if importances:
         sections.append(
             (
@@ -236,9 +248,8 @@ def _write_report(study: Any, options: Any, base: Config, space: Space) -> Path:
     return path
 
 
-def _why(figures_dir: Path, index: int, title: str) -> str:
-    name = f"{index}-{title.split(' (')[0].replace(' ', '-')}.txt"
-    note = figures_dir / name
+def _why(figures_dir: Path, index: int, part: int, name: str) -> str:
+    note = figures_dir / f"{index}{'abcd'[part % 4]}-{name.replace(' ', '-')}.txt"
     return note.read_text() if note.exists() else "no data yet"
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "counted_trials",
     "database_url",
     "fail_orphaned_trials",
+    "final_objective",
     "open_study",
     "options_for",
     "run_study",
@@ -59,8 +60,18 @@ __all__ = [
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "sha", "none")
-# objective name -> validation term it minimises
-OBJECTIVES = {"val_loss": "total", "reconstruction": "reconstruction", "nll": "total"}
+# objective name -> the validation term reported after every epoch (what pruning compares).
+# nll and fid are then measured once on the finished run: the VAE's importance-weighted NLL on
+# the validation images (NLL_SAMPLES samples), or FID of FID_SAMPLES generated images against
+# the held-out images in latentspace's own classifier features (latentspace.quality).
+OBJECTIVES = {
+    "val_loss": "total",
+    "reconstruction": "reconstruction",
+    "nll": "total",
+    "fid": "total",
+}
+NLL_SAMPLES = 100
+FID_SAMPLES = 2000
 # Chosen by bench/tune_efficiency.py (docs/tuning.md has the numbers).
 DEFAULT_SAMPLER = "gp"
 DEFAULT_PRUNER = "none"
@@ -418,7 +429,29 @@ class _Objective:
         finally:
             trial.set_user_attr("epochs", callback.epochs)
             trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
+        if self.options.objective in ("nll", "fid"):
+            value = final_objective(self.run_dir(trial), self.options.objective)
+            trial.set_user_attr(self.options.objective, value)
+            return value
         return callback.value
+
+
+def final_objective(run_dir: Path, objective: str) -> float:
+    """The nll or fid of a finished run, also appended to its metrics as an evaluation record."""
+    from latentspace.runs import append_metrics, open_run
+
+    run = open_run(run_dir)
+    if objective == "nll":
+        from latentspace.evaluate import evaluate
+
+        record = evaluate(run, split="val", nll_samples=NLL_SAMPLES)
+        append_metrics(run_dir, record)
+        return float(record["nll"])
+    from latentspace.quality import evaluate_quality
+
+    report = evaluate_quality(run, n=FID_SAMPLES, log=lambda line: None)
+    append_metrics(run_dir, {"kind": "quality", "fid": report.fid, "features": report.features})
+    return float(report.fid)
 
 
 class _Heartbeat:
@@ -548,6 +581,16 @@ def run_study(options: TuneOptions) -> Any:
         )
     if base.data.val_fraction <= 0:
         raise ConfigError("tuning needs validation images: set data.val_fraction > 0")
+    if options.objective == "nll" and base.model_name != "vae":
+        raise ConfigError(
+            f"--objective nll needs a VAE (the base config trains {base.model_name!r}); "
+            "use val_loss"
+        )
+    if options.objective == "fid":
+        from latentspace.classifier import feature_network
+
+        # trained once and cached before the workers start, so they do not race to train it
+        feature_network(base.data.dataset, log=lambda line: print(line, flush=True))
     from latentspace.train import prepare_data
 
     prepare_data(base)  # a missing dataset is one clear error, not N failed trials
