@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "latentspace.commands.tune",
     "latentspace.commands.gan",
     "latentspace.commands.explore",
+    "latentspace.commands.diagnose",
 )
 
 

@@ -356,7 +356,19 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
             )
         return html
 
+    def diagnostics() -> str:
+        from latentspace.diagnostics import diagnostics_figures, read_diagnostics
+
+        figures = diagnostics_figures(folder, folder)
+        if not figures:
+            return '<p class="note">No diagnostics.jsonl: trained with --no-diagnostics.</p>'
+        said = [(r["epoch"], w) for r in read_diagnostics(folder) for w in r["warnings"]]
+        notes = "".join(f"<li>epoch {e}: {escape(w)}</li>" for e, w in said)
+        body = f"<ul>{notes}</ul>" if said else '<p class="note">No warnings.</p>'
+        return body + "".join(sections.figure(png.name, title) for title, png in figures)
+
     sections.add("Loss curves", losses)
+    sections.add("Training diagnostics", diagnostics)
     sections.add("Reconstructions", reconstructions)
     sections.add("Samples", samples)
     sections.add("Interpolation", interpolation)

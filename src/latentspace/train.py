@@ -337,11 +337,17 @@ def train(
     callbacks: Sequence[object] = (),
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
+    diagnostics: bool = True,
 ) -> runs.Run:
     """Train a model as `config` says, into the run directory `out`; returns the opened run.
 
     resume=True continues the run in `out` from its last completed epoch (its own config is used,
-    with `config.train.epochs` as the new target)."""
+    with `config.train.epochs` as the new target). diagnostics=True adds the sampled gradient and
+    activation measurements of `latentspace.diagnostics` (diagnostics.jsonl, plain warnings)."""
+    if diagnostics:
+        from latentspace.diagnostics import Diagnostics
+
+        callbacks = [Diagnostics(), *callbacks]
     run_dir = Path(out)
     if resume:
         saved, image_shape, _ = runs.read_run_config(run_dir)

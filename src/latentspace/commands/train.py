@@ -77,6 +77,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     parser.add_argument("--no-report", action="store_true", help="do not write report.html")
+    parser.add_argument(
+        "--no-diagnostics",
+        action="store_true",
+        help="do not measure gradients and activations (diagnostics.jsonl, warnings)",
+    )
     parser.set_defaults(handler=run_train)
 
 
@@ -113,12 +118,18 @@ def run_train(args: argparse.Namespace) -> int:
         saved, _, _ = read_run_config(args.resume)
         epochs = args.epochs if args.epochs is not None else saved.train.epochs
         config = apply_overrides(saved, [f"train.epochs={epochs}"])
-        run = train(config, args.resume, resume=True, quiet=args.quiet)
+        run = train(
+            config,
+            args.resume,
+            resume=True,
+            quiet=args.quiet,
+            diagnostics=not args.no_diagnostics,
+        )
     else:
         if args.out is None:
             raise ConfigError("say where the run goes: --out runs/NAME")
         config = config_from_args(args)
-        run = train(config, args.out, quiet=args.quiet)
+        run = train(config, args.out, quiet=args.quiet, diagnostics=not args.no_diagnostics)
     if not args.quiet:
         print(f"run saved in {run.path}")
     if not args.no_report:

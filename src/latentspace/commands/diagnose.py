@@ -1,0 +1,64 @@
+"""`latentspace diagnose RUN` and `latentspace experiment NAME|all`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    diagnose = subparsers.add_parser(
+        "diagnose",
+        help="summarise a run's training diagnostics (gradients, dead units, overfitting)",
+        description="Print the per-epoch diagnostics of a finished run, its layers at the last "
+        "epoch and every warning raised while it trained (see docs/diagnostics.md).",
+    )
+    diagnose.add_argument("run", type=Path, help="run directory")
+    diagnose.set_defaults(handler=run_diagnose)
+
+    experiment = subparsers.add_parser(
+        "experiment",
+        help="run a small controlled experiment on one hyperparameter",
+        description="Change one hyperparameter, hold the rest, train on a real-data subset and "
+        "write an HTML report with curves, a table and a verdict computed from the numbers.",
+    )
+    from latentspace.experiments import EXPERIMENTS
+
+    experiment.add_argument("name", choices=[*EXPERIMENTS, "all"], help="experiment, or all")
+    experiment.add_argument(
+        "--dataset", default="mnist", help="mnist or fashion-mnist (default: mnist)"
+    )
+    experiment.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="minutes in all (default: 3 per experiment); sizes scale with it",
+    )
+    experiment.add_argument(
+        "--out", type=Path, default=Path("experiments"), help="output folder (default: experiments)"
+    )
+    experiment.add_argument("--seed", type=int, default=0)
+    experiment.set_defaults(handler=run_experiment)
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    from latentspace.diagnostics import summarize
+
+    print(summarize(args.run))
+    return 0
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    from latentspace.experiments import run_all, run_experiment
+
+    if args.name == "all":
+        index = run_all(args.out, dataset=args.dataset, budget_minutes=args.budget, seed=args.seed)
+        print(f"index: {index}")
+    else:
+        result = run_experiment(
+            args.name, args.out, dataset=args.dataset, budget_minutes=args.budget, seed=args.seed
+        )
+        print(f"{result.name}: {result.verdict_text}  ({result.seconds:.0f} s)  {result.page}")
+    return 0

@@ -1,0 +1,166 @@
+"""Small controlled experiments: change one hyperparameter, hold the rest, train on real data,
+and say whether the textbook claim held on this run, from the measured numbers.
+
+    latentspace experiment learning-rate --budget 3
+    latentspace experiment all --budget 20 --out experiments
+
+Each experiment lives in its own module and returns its checks and HTML sections; `run_all` gives
+each a share of the budget (what one leaves unused goes to the next) and writes an index page.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from latentspace import html
+from latentspace.errors import ConfigError
+from latentspace.experiments import (
+    activation,
+    batch_size,
+    bias,
+    capacity,
+    epochs,
+    learning_rate,
+    regularization,
+)
+from latentspace.experiments._common import (
+    Check,
+    Context,
+    Experiment,
+    Result,
+    Speed,
+    base_config,
+    run_trial,
+    verdict_of,
+    write_page,
+)
+
+__all__ = [
+    "EXPERIMENTS",
+    "Check",
+    "Result",
+    "measure_speed",
+    "run_all",
+    "run_experiment",
+    "verdict_of",
+]
+
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e
+    for e in (
+        learning_rate.EXPERIMENT,
+        batch_size.EXPERIMENT,
+        epochs.EXPERIMENT,
+        regularization.EXPERIMENT,
+        capacity.EXPERIMENT,
+        activation.EXPERIMENT,
+        bias.EXPERIMENT,
+    )
+}
+DEFAULT_MINUTES = 3.0  # one experiment alone, without --budget
+
+
+def measure_speed(out: Path, dataset: str, seed: int) -> Speed:
+    """What training the reference model costs now (a few seconds): seconds per image at batch
+    128 and 32 (giving compute and per-step costs), and the fixed costs of an epoch and a trial
+    (from 2 and 10 epochs on 64 images)."""
+    probe = Context(out, dataset, 0.0, seed, Speed(0.0, 0.0, 0.0, 0.0))
+
+    def trial(name: str, n_train: int, n_val: int, epochs: int, batch: int) -> tuple[float, float]:
+        config = base_config(probe, n_train, n_val, epochs, train__batch_size=batch)
+        t = run_trial(probe, "_calibration", name, config)
+        return t.seconds, sum(e["seconds"] for e in t.epochs) / (n_train * epochs)
+
+    _, per_image_128 = trial("batch-128", 2560, 256, 1, 128)
+    _, per_image_32 = trial("batch-32", 1280, 256, 1, 32)
+    short, _ = trial("short", 64, 64, 2, 128)
+    long, _ = trial("long", 64, 64, 10, 128)
+    shutil.rmtree(out / "_calibration", ignore_errors=True)
+    step = max(0.0, (per_image_32 - per_image_128) / (1 / 32 - 1 / 128))
+    compute = max(1e-7, per_image_128 - step / 128)
+    per_epoch = max(0.0, (long - short) / 8)
+    return Speed(compute, step, per_epoch, max(0.0, short - 2 * per_epoch))
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in ("mnist", "fashion-mnist"):
+        raise ConfigError(
+            f"experiments run on 28x28 digit or clothing images: use --dataset mnist or "
+            f"fashion-mnist (got {dataset!r})"
+        )
+
+
+def _run(experiment: Experiment, ctx: Context) -> Result:
+    start = time.perf_counter()
+    checks, sections = experiment.run(ctx)
+    seconds = time.perf_counter() - start
+    page = write_page(ctx, experiment, checks, sections, seconds)
+    return Result(experiment.name, experiment.title, experiment.claim, checks, page, seconds)
+
+
+def run_experiment(
+    name: str,
+    out: str | Path,
+    *,
+    dataset: str = "mnist",
+    budget_minutes: float | None = None,
+    seed: int = 0,
+    speed: Speed | None = None,
+) -> Result:
+    """Run one experiment into OUT/NAME (index.html, PNGs, trials/)."""
+    if name not in EXPERIMENTS:
+        raise ConfigError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
+    _check_dataset(dataset)
+    out = Path(out)
+    speed = speed or measure_speed(out, dataset, seed)
+    budget = 60 * (budget_minutes if budget_minutes is not None else DEFAULT_MINUTES)
+    return _run(EXPERIMENTS[name], Context(out, dataset, budget, seed, speed))
+
+
+def run_all(
+    out: str | Path,
+    *,
+    dataset: str = "mnist",
+    budget_minutes: float | None = None,
+    seed: int = 0,
+    log: bool = True,
+) -> Path:
+    """Every experiment within `budget_minutes` in all; writes OUT/index.html and returns it."""
+    _check_dataset(dataset)
+    out = Path(out)
+    start = time.perf_counter()
+    total = 60 * (
+        budget_minutes if budget_minutes is not None else DEFAULT_MINUTES * len(EXPERIMENTS)
+    )
+    speed = measure_speed(out, dataset, seed)
+    results: list[Result] = []
+    pending = list(EXPERIMENTS.values())
+    while pending:
+        experiment = pending.pop(0)
+        left = total - (time.perf_counter() - start)
+        share = experiment.weight / (experiment.weight + sum(e.weight for e in pending))
+        ctx = Context(out, dataset, max(10.0, left * share), seed, speed)
+        result = _run(experiment, ctx)
+        results.append(result)
+        if log:
+            print(f"{result.name}: {result.verdict_text} ({result.seconds:.0f} s)", flush=True)
+    seconds = time.perf_counter() - start
+    rows = "".join(
+        f"<tr><td><a href='{html.escape(r.name)}/index.html'>{html.escape(r.title)}</a></td>"
+        f"<td>{html.escape(r.verdict_text)}</td><td>{sum(c.passed for c in r.checks)}/"
+        f"{len(r.checks)}</td><td>{r.seconds:.0f}</td><td>{html.escape(r.claim)}</td></tr>"
+        for r in results
+    )
+    table = (
+        "<table><tr><th>experiment</th><th>verdict</th><th>checks passed</th><th>s</th>"
+        f"<th>claim</th></tr>{rows}</table>"
+    )
+    note = (
+        f"<p class='note'>dataset {html.escape(dataset)}; budget {total / 60:.1f} min; took "
+        f"{seconds / 60:.1f} min; reference throughput at the start {speed.samples_per_s:.0f} samples/s.</p>"
+    )
+    return html.write_page(
+        out / "index.html", "latentspace experiments", [("Results", table + note)]
+    )
