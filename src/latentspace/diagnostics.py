@@ -19,10 +19,10 @@ validation batch is the first `val_images` validation images and the pass is the
 stream is untouched and a resumed run still equals an uninterrupted one.
 
 Each epoch appends one JSON object to `diagnostics.jsonl` in the run (the file is rewritten
-atomically). A warning is raised when its condition becomes true (not repeated while it stays
-true), logged like the trainer's epoch lines and added to the epoch record's "warnings"; each
-names the measured number and one suggestion. Thresholds: `Thresholds` below, explained in
-docs/diagnostics.md.
+atomically). A warning is raised the first time its condition becomes true in a run (each
+record's "active" list says which conditions hold at that epoch), logged like the trainer's epoch
+lines and added to the epoch record's "warnings"; each names the measured number and one
+suggestion. Thresholds: `Thresholds` below, explained in docs/diagnostics.md.
 """
 
 from __future__ import annotations
@@ -218,8 +218,8 @@ def _layer_warnings(entry: dict[str, Any], lr: float, t: Thresholds) -> list[Fin
             found.append(
                 Finding(
                     "update_high",
-                    f"a step changed the weights of {worst} by {largest[worst]:.2g} of their "
-                    f"size (update-to-weight ratio; about 1e-3 is typical): the learning rate "
+                    f"one step's update to {worst} was {largest[worst]:.2g} times the size of its "
+                    f"weights (update-to-weight ratio; about 1e-3 is typical): the learning rate "
                     f"{lr:g} is probably too high, try --lr {lr / 10:g}",
                 )
             )
@@ -228,8 +228,9 @@ def _layer_warnings(entry: dict[str, Any], lr: float, t: Thresholds) -> list[Fin
         found.append(
             Finding(
                 "update_low",
-                f"the last step changed the weights of every layer by at most {max(last):.2g} of "
-                f"their size (update-to-weight ratio; about 1e-3 is typical): training crawls, "
+                f"the last step's updates were at most {max(last):.2g} times the size of the "
+                f"weights in every layer (update-to-weight ratio; about 1e-3 is typical): "
+                f"training crawls, "
                 f"try a higher learning rate than {lr:g} (--lr {lr * 10:g})",
             )
         )
@@ -365,7 +366,7 @@ class Diagnostics:
         self.val_images = val_images
         self.thresholds = thresholds or Thresholds()
         self.records: list[dict[str, Any]] = []
-        self.active: set[str] = set()
+        self.said: set[str] = set()  # conditions already warned about in this run
         self.layers: list[Layer] = []
         self.steps = 1
         self.step = 0
@@ -380,7 +381,7 @@ class Diagnostics:
         start = time.perf_counter()
         self.layers = find_layers(trainer.model)
         self.records = [r for r in read_diagnostics(trainer.run_dir) if r["epoch"] <= trainer.epoch]
-        self.active = set(self.records[-1].get("active", [])) if self.records else set()
+        self.said = {key for r in self.records for key in r.get("raised", [])}
         source = (
             trainer.val_set.images if trainer.val_set is not None else trainer.train_batches.images
         )
@@ -411,9 +412,11 @@ class Diagnostics:
         start = time.perf_counter()
         entry = self._epoch_entry(trainer, record)
         found = detect(entry, self.records, float(record["lr"]), self.thresholds)
-        new = [w.text for w in found if w.key not in self.active]
-        self.active = {w.key for w in found}
-        entry["warnings"], entry["active"] = new, sorted(self.active)
+        raised = [w for w in found if w.key not in self.said]
+        self.said.update(w.key for w in raised)
+        new = [w.text for w in raised]
+        entry["warnings"], entry["raised"] = new, [w.key for w in raised]
+        entry["active"] = sorted(w.key for w in found)
         self.seconds += time.perf_counter() - start
         entry["seconds"] = round(self.seconds, 4)
         self.records.append(entry)

@@ -16,7 +16,7 @@ from latentspace.experiments._common import (
 )
 
 PATIENCE = 5
-N_TRAIN = 300
+N_TRAIN = 200
 UPTURN = 0.02  # validation loss must end at least 2% above its best
 
 
