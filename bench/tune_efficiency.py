@@ -27,13 +27,8 @@ import numpy as np
 import torch
 
 import latentspace as ls
-from latentspace.tune.study import (
-    _Objective,
-    _quiet_optuna_warnings,
-    open_study,
-    options_for,
-    run_trial,
-)
+from latentspace.tune.study import _quiet_optuna_warnings, open_study, options_for
+from latentspace.tune.workers import _Objective, run_trial
 
 
 def digits_npz(directory: Path) -> Path:

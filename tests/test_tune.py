@@ -10,6 +10,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,14 +227,24 @@ def test_two_workers_record_every_trial_exactly_once(tmp_path: Path, tiny_config
     assert len({t.user_attrs["run_dir"] for t in trials}) == 6
 
 
-def _start_and_wait_for_a_trial(command: list[str]) -> subprocess.Popen[str]:
-    """Start `tune` and return once one trial has finished and the next one has begun."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _wait_for_running_trial(process: subprocess.Popen[str], study: Any) -> None:
+    """Return once `tune` has finished one trial and is training the next one."""
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith("trial"):
             break
-    time.sleep(0.3)
+    deadline = time.time() + 60
+    while time.time() < deadline and process.poll() is None:
+        if any(t.state.name == "RUNNING" for t in study().trials):
+            time.sleep(0.2)  # into the training loop
+            return
+        time.sleep(0.1)
+    raise AssertionError("tune never started a second trial")
+
+
+def _start_and_wait_for_a_trial(command: list[str], out: Path) -> subprocess.Popen[str]:
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_running_trial(process, lambda: _load(out))
     return process
 
 
@@ -245,7 +256,7 @@ def test_interrupted_or_killed_study_resumes_to_the_requested_count(
     command = _tune_command(base, space_path, out, 4)
 
     # Ctrl-C: the running trial is marked, best.toml and the report are written, exit 130
-    process = _start_and_wait_for_a_trial(command)
+    process = _start_and_wait_for_a_trial(command, out)
     process.send_signal(signal.SIGINT)
     rest = process.communicate(timeout=60)[0]
     assert process.returncode == 130, rest
@@ -257,7 +268,7 @@ def test_interrupted_or_killed_study_resumes_to_the_requested_count(
     assert (out / "best.toml").exists() and (out / "tune-report.html").exists()
 
     # kill -9: the running trial stays RUNNING in the journal...
-    process = _start_and_wait_for_a_trial(command)
+    process = _start_and_wait_for_a_trial(command, out)
     os.kill(process.pid, signal.SIGKILL)
     process.communicate(timeout=30)
     assert [t.state.name for t in _load(out).trials].count("RUNNING") == 1

@@ -27,6 +27,7 @@ optuna = pytest.importorskip("optuna")
 from latentspace.config import Config, apply_overrides  # noqa: E402
 from latentspace.tune import config_to_toml  # noqa: E402
 from latentspace.tune.study import database_url  # noqa: E402
+from test_tune import _wait_for_running_trial  # noqa: E402
 
 SPACE = """
 [train]
@@ -141,18 +142,13 @@ def test_two_workers_on_postgresql_and_a_killed_trial_is_retried(
     # one worker, killed with -9 in the middle of its second trial
     command = _command(tmp_path, tiny_config, postgres_url, 6)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("trial"):
-            break
-    time.sleep(0.5)
+    url = database_url(postgres_url)
+    _wait_for_running_trial(process, lambda: optuna.load_study(study_name="pg", storage=url))
     os.kill(process.pid, signal.SIGKILL)
     process.communicate(timeout=30)
     study = optuna.load_study(study_name="pg", storage=database_url(postgres_url))
     killed = [t for t in study.trials if t.state.name == "RUNNING"]
-    assert len(killed) == 1, "".join(lines)
+    assert len(killed) == 1
     time.sleep(3.5)  # the heartbeat's grace period (3 x 1 s) passes
 
     # two workers finish the study: the stale trial is failed and retried with its parameters

@@ -89,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_tune(args: argparse.Namespace) -> int:
     from latentspace import default_config
     from latentspace.tune.report import write_report
-    from latentspace.tune.study import _quiet_optuna_warnings, _safe_url, options_for, run_study
+    from latentspace.tune.study import _quiet_optuna_warnings, _safe_url, options_for
+    from latentspace.tune.workers import run_study
 
     base = load_config(args.config) if args.config else default_config("vae")
     base = apply_overrides(base, args.overrides)

@@ -17,14 +17,12 @@ from latentspace.tune.study import (
     OBJECTIVES,
     PRUNERS,
     SAMPLERS,
-    PruningCallback,
     TuneOptions,
     counted_trials,
-    fail_orphaned_trials,
     open_study,
     options_for,
-    run_study,
 )
+from latentspace.tune.workers import PruningCallback, fail_orphaned_trials, run_study
 
 __all__ = [
     "DEFAULT_PRUNER",

@@ -1,4 +1,4 @@
-"""Optuna studies over latentspace runs: storages, samplers, pruners and the worker loop.
+"""Optuna studies over latentspace runs: options, storages, samplers, pruners and the budget.
 
 Every trial is a normal run (`latentspace.train.train`) in DIR/trials/NNNN; a callback reports the
 validation objective after each epoch and raises `optuna.TrialPruned` when the pruner says so
@@ -21,24 +21,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
-import multiprocessing
-import os
-import socket
-import sys
-import threading
-import time
 import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from latentspace.config import Config, config_from_dict, config_to_dict
-from latentspace.errors import ConfigError, LatentspaceError
-from latentspace.tune.space import Space, load_space, parse_space
+from latentspace.errors import ConfigError
+from latentspace.tune.space import Space, parse_space
 
 __all__ = [
     "DEFAULT_PRUNER",
@@ -46,16 +37,12 @@ __all__ = [
     "OBJECTIVES",
     "PRUNERS",
     "SAMPLERS",
-    "PruningCallback",
     "TuneOptions",
     "counted_trials",
     "database_url",
-    "fail_orphaned_trials",
-    "final_objective",
+    "next_trial",
     "open_study",
     "options_for",
-    "run_study",
-    "run_trial",
 ]
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
@@ -308,326 +295,12 @@ def next_trial(study: Any, options: TuneOptions) -> Any | None:
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if len(counted_trials(trials)) < options.trials or waiting:
-            return study.ask()
+            with warnings.catch_warnings():
+                # Optuna expects heartbeats from Study.optimize; workers.run_trial keeps its own
+                # heartbeat thread, as optimize does, because the ask must happen under the lock
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                return study.ask()
     return None
-
-
-# ---- orphans ---------------------------------------------------------------------------------
-def _process_start(pid: int) -> str | None:
-    """The process start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return f"{fields[0]}:{fields[19]}"  # state, starttime
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    now = _process_start(pid)
-    if now is None:
-        return True  # no /proc: trust kill(0)
-    state, _, start = now.partition(":")
-    if state in ("Z", "X"):  # killed, not yet reaped
-        return False
-    return started is None or start == started.partition(":")[2]
-
-
-def fail_orphaned_trials(study: Any, *, stale_after_s: float = 120.0) -> list[int]:
-    """Fail RUNNING trials whose worker on this host is gone (the journal has no heartbeat).
-
-    A trial records its worker's host, pid and process start time when it starts; a trial from
-    another host is left alone, one that never recorded a worker is failed after `stale_after_s`.
-    Returns the numbers of the trials failed."""
-    from optuna.trial import TrialState
-
-    host = socket.gethostname()
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if "pid" in attrs:
-            if attrs.get("host") != host or _alive(int(attrs["pid"]), attrs.get("pid_start")):
-                continue
-            reason = f"worker {attrs['host']}:{attrs['pid']} died"
-        else:
-            started = trial.datetime_start
-            if started is None or time.time() - started.timestamp() < stale_after_s:
-                continue
-            reason = "worker died before recording itself"
-        storage = study._storage
-        try:
-            storage.set_trial_user_attr(trial._trial_id, LOST, reason)
-            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        except Exception:  # another process finished or failed it first
-            continue
-        failed.append(trial.number)
-    return failed
-
-
-# ---- one trial -------------------------------------------------------------------------------
-class PruningCallback:
-    """A trainer callback: report the validation objective each epoch, prune when told."""
-
-    def __init__(self, trial: Any, term: str) -> None:
-        self.trial = trial
-        self.term = term
-        self.value = math.nan
-        self.epochs = 0
-
-    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
-        import optuna
-
-        if "val" not in record:
-            raise ConfigError("tuning needs validation images: set data.val_fraction > 0")
-        self.value = float(record["val"][self.term])
-        self.epochs = int(record["epoch"])
-        self.trial.report(self.value, self.epochs)
-        # after the last epoch pruning saves nothing and would discard a finished trial
-        last = self.epochs >= trainer.train_config.epochs
-        if not last and self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {self.epochs}: {self.value:.5g}")
-
-
-class _Objective:
-    """Runs one trial as a normal latentspace run in DIR/trials/NNNN; returns its final value."""
-
-    def __init__(self, options: TuneOptions, base: Config, space: Space) -> None:
-        self.options = options
-        self.base = base
-        self.space = space
-        self.term = OBJECTIVES[options.objective]
-
-    def claim(self, trial: Any) -> None:
-        """Record the worker on the trial, so a dead worker's trial can be recognised."""
-        pid = os.getpid()
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", pid)
-        trial.set_user_attr("pid_start", _process_start(pid))
-        trial.set_user_attr("run_dir", str(self.run_dir(trial)))
-
-    def run_dir(self, trial: Any) -> Path:
-        return Path(self.options.out) / "trials" / f"{trial.number:04d}"
-
-    def __call__(self, trial: Any) -> float:
-        from latentspace.config import apply_overrides
-        from latentspace.train import train
-
-        callback = PruningCallback(trial, self.term)
-        start = time.perf_counter()
-        try:
-            overrides = self.space.suggest(trial)
-            config = apply_overrides(
-                self.base, [*overrides, f"train.threads={self.options.threads}"]
-            )
-            train(config, self.run_dir(trial), callbacks=[callback], quiet=True)
-        finally:
-            trial.set_user_attr("epochs", callback.epochs)
-            trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
-        if self.options.objective in ("nll", "fid"):
-            value = final_objective(self.run_dir(trial), self.options.objective)
-            trial.set_user_attr(self.options.objective, value)
-            return value
-        return callback.value
-
-
-def final_objective(run_dir: Path, objective: str) -> float:
-    """The nll or fid of a finished run, also appended to its metrics as an evaluation record."""
-    from latentspace.runs import append_metrics, open_run
-
-    run = open_run(run_dir)
-    if objective == "nll":
-        from latentspace.evaluate import evaluate
-
-        record = evaluate(run, split="val", nll_samples=NLL_SAMPLES)
-        append_metrics(run_dir, record)
-        return float(record["nll"])
-    from latentspace.quality import evaluate_quality
-
-    report = evaluate_quality(run, n=FID_SAMPLES, log=lambda line: None)
-    append_metrics(run_dir, {"kind": "quality", "fid": report.fid, "features": report.features})
-    return float(report.fid)
-
-
-class _Heartbeat:
-    """Optuna's heartbeat for database storages: a thread records that the trial is alive."""
-
-    def __init__(self, storage: Any, trial: Any, interval: float | None) -> None:
-        self.storage, self.trial_id, self.interval = storage, trial._trial_id, interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        assert self.interval is not None
-        while True:
-            with contextlib.suppress(Exception):  # a missed beat is retried on the next one
-                self.storage.record_heartbeat(self.trial_id)
-            if self.stop.wait(self.interval):
-                return
-
-    def __enter__(self) -> _Heartbeat:
-        if self.interval is not None:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.interval is not None:
-            self.stop.set()
-            self.thread.join()
-
-
-def run_trial(study: Any, storage: Any, objective: _Objective, options: TuneOptions) -> Any | None:
-    """Ask (within the budget), train, tell. Returns the finished trial, or None when the budget
-    is spent. KeyboardInterrupt marks the trial FAIL (not counted) and propagates."""
-    optuna = _optuna()
-    heartbeat = options.heartbeat_s if options.storage is not None else None
-    if heartbeat is not None:
-        optuna.storages.fail_stale_trials(study)  # fails and retries trials of dead workers
-    trial = next_trial(study, options)
-    if trial is None:
-        return None
-    state, value = optuna.trial.TrialState.COMPLETE, math.nan
-    with _Heartbeat(storage, trial, heartbeat):
-        objective.claim(trial)
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            state = optuna.trial.TrialState.PRUNED
-        except KeyboardInterrupt:
-            trial.set_user_attr(LOST, "interrupted (Ctrl-C)")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
-        except Exception as error:  # the trial fails, the study goes on
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:500])
-            state = optuna.trial.TrialState.FAIL
-    if state == optuna.trial.TrialState.COMPLETE and not math.isfinite(value):
-        trial.set_user_attr("error", f"the objective is {value}")
-        state = optuna.trial.TrialState.FAIL
-    if state == optuna.trial.TrialState.COMPLETE:
-        study.tell(trial, value)
-    else:
-        study.tell(trial, state=state)
-    return study._storage.get_trial(trial._trial_id)
-
-
-# ---- workers ---------------------------------------------------------------------------------
-def _describe_trial(trial: Any, best: Any | None) -> str:
-    state = trial.state.name.lower()
-    epochs = trial.user_attrs.get("epochs", 0)
-    value = "" if trial.value is None else f" {trial.value:.5g}"
-    line = f"trial {trial.number:4d} {state:8s}{value} after {epochs} epochs"
-    if "error" in trial.user_attrs:
-        line += f" ({trial.user_attrs['error'].splitlines()[0][:120]})"
-    if best is not None:
-        line += f"  best {best.value:.5g} (trial {best.number})"
-    return line
-
-
-def _best(study: Any) -> Any | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
-def run_worker(options: TuneOptions, worker: int = 0, deadline: float | None = None) -> int:
-    """Run trials until the shared budget is spent or the deadline passes; returns trials run."""
-    from latentspace.tune.report import write_tables
-
-    torch.set_num_threads(max(options.threads, 1))
-    count = 0
-    with _quiet_optuna_warnings():
-        study, storage = open_study(options, worker=worker, with_storage=True)
-        base, space = options.base_config(), options.load_space()
-        objective = _Objective(options, base, space)
-        while deadline is None or time.time() < deadline:
-            trial = run_trial(study, storage, objective, options)
-            if trial is None:
-                break
-            count += 1
-            if not options.quiet:
-                print(_describe_trial(trial, _best(study)), flush=True)
-            write_tables(study, options, base, space)
-    return count
-
-
-def _worker_process(options: TuneOptions, worker: int, deadline: float | None) -> None:
-    try:
-        run_worker(options, worker, deadline)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except LatentspaceError as error:
-        print(f"latentspace: worker {worker}: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-def run_study(options: TuneOptions) -> Any:
-    """Create or resume the study, fail orphaned trials, run the workers, return the study.
-
-    workers=1 runs in this process; more are spawned processes. KeyboardInterrupt propagates
-    after the workers have stopped (each marks its running trial)."""
-    base = options.base_config()
-    load_space(None, base)  # the default space must fit the base config's model family
-    if options.workers < 1 or options.trials < 1:
-        raise ConfigError("--workers and --trials must be at least 1")
-    if options.objective not in OBJECTIVES:
-        raise ConfigError(
-            f"--objective {options.objective!r} is not one of: {', '.join(OBJECTIVES)}"
-        )
-    if base.data.val_fraction <= 0:
-        raise ConfigError("tuning needs validation images: set data.val_fraction > 0")
-    if options.objective == "nll" and base.model_name != "vae":
-        raise ConfigError(
-            f"--objective nll needs a VAE (the base config trains {base.model_name!r}); "
-            "use val_loss"
-        )
-    if options.objective == "fid":
-        from latentspace.classifier import feature_network
-
-        # trained once and cached before the workers start, so they do not race to train it
-        feature_network(base.data.dataset, log=lambda line: print(line, flush=True))
-    from latentspace.train import prepare_data
-
-    prepare_data(base)  # a missing dataset is one clear error, not N failed trials
-    with _quiet_optuna_warnings():
-        study = open_study(options, create=True)
-        if options.storage is None:
-            lost = fail_orphaned_trials(study)
-        else:
-            _optuna().storages.fail_stale_trials(study)
-            lost = []
-    if lost and not options.quiet:
-        print(f"marked trials {lost} as failed: their worker died (they are not counted)")
-    deadline = None if options.timeout_s is None else time.time() + options.timeout_s
-    if options.workers == 1:
-        run_worker(options, 0, deadline)
-        return study
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker_process, args=(options, i, deadline), name=f"tune-{i}")
-        for i in range(options.workers)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        for process in processes:
-            process.join()
-    except KeyboardInterrupt:
-        # the workers got the same SIGINT: give them time to mark their running trials
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-        raise
-    failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]
-    if failed and not options.quiet:
-        print(f"warning: {len(failed)} worker(s) exited with status {failed}", file=sys.stderr)
-    return study
 
 
 def options_for(
