@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import random
+import time
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -123,20 +125,30 @@ def open_storage(options: TuneOptions) -> Any:
         Path(options.out).mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(Path(options.out) / JOURNAL)))
     interval = options.heartbeat_s
-    try:
-        return optuna.storages.RDBStorage(
-            database_url(options.storage),
-            heartbeat_interval=interval,
-            grace_period=3 * interval,  # a late beat on a busy machine is not a death
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=3
-            ),
-        )
-    except ImportError as error:
-        raise ConfigError(f"--storage {_safe_url(options.storage)}: {error}") from None
-    except Exception as error:  # SQLAlchemy's OperationalError and friends
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"cannot open --storage {_safe_url(options.storage)}: {first}") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                database_url(options.storage),
+                heartbeat_interval=interval,
+                grace_period=3 * interval,  # a late beat on a busy machine is not a death
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=3
+                ),
+            )
+        except ImportError as error:
+            raise ConfigError(f"--storage {_safe_url(options.storage)}: {error}") from None
+        except Exception as error:  # SQLAlchemy's OperationalError, IntegrityError, ...
+            # machines that start together race to create Optuna's tables: the loser retries
+            racing = "already exists" in str(error) or "UniqueViolation" in str(error)
+            if racing and attempt < 4:
+                time.sleep(1 + random.random() * 2)
+                continue
+            text = str(error).strip()
+            first = text.splitlines()[0] if text else type(error).__name__
+            raise ConfigError(
+                f"cannot open --storage {_safe_url(options.storage)}: {first}"
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def database_url(url: str) -> str:
