@@ -138,6 +138,20 @@ def main(argv: list[str] | None = None) -> int:
         f"\ntarget: {target:.4f} (median over seeds of random search's best after {args.budget} epochs)"
     )
     print(f"budget {args.budget} epochs per study, {args.trial_epochs}-epoch trials, seeds {seeds}")
+
+    def median_cost(setting: str) -> float:
+        """Median over seeds of the epochs to reach the target; not reached counts as the
+        budget (a censored value: the median is then a lower bound)."""
+        costs = [epochs_to_reach(histories[setting][s], target) or args.budget for s in seeds]
+        return float(statistics.median(costs))
+
+    random_cost = median_cost("random/none")
+    print(f"random/none    median epochs to the target {random_cost:.0f}")
+    for setting in settings:
+        print(
+            f"{setting:14s} median epochs to the target {median_cost(setting):.0f}: "
+            f"{random_cost / median_cost(setting):.2f}x random search's"
+        )
     for setting in settings:
         ratios: list[float] = []
         cells = []

@@ -188,6 +188,7 @@ def test_resumed_study_must_keep_its_config(tmp_path: Path, tiny_config: Config)
     args = ["tune", "--config", str(base), "--space", str(space_path), "--out", str(out), "--quiet"]
     assert main([*args, "--trials", "1", "--pruner", "none"]) == 0
     assert main([*args, "--trials", "2", "--set", "train.seed=5"]) == 1
+    assert main([*args, "--trials", "2", "--study", "another"]) == 1  # its runs would mix
 
 
 def _tune_command(base: Path, space: Path, out: Path, trials: int, *extra: str) -> list[str]:

@@ -124,6 +124,14 @@ def run_tune(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         quiet=args.quiet,
     )
+    previous = args.out / OPTIONS_FILE
+    if previous.exists():
+        earlier = json.loads(previous.read_text()).get("study")
+        if earlier != options.study:
+            raise ConfigError(
+                f"{args.out} holds study {earlier!r}, not {options.study!r}: use another --out "
+                f"(trials/NNNN would mix the two studies' runs) or --study {earlier}"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     saved = dataclasses.asdict(options)
     saved["storage"] = None if options.storage is None else _safe_url(options.storage)

@@ -13,6 +13,7 @@ import contextlib
 import math
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import threading
@@ -353,7 +354,13 @@ def run_study(options: TuneOptions) -> Any:
         for process in processes:
             process.join()
     except KeyboardInterrupt:
-        # the workers got the same SIGINT: give them time to mark their running trials
+        # Ctrl-C in a terminal reaches the workers too; a SIGINT sent to this process alone is
+        # passed on after a moment. Either way each worker marks its running trial and stops.
+        for process in processes:
+            process.join(timeout=5)
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGINT)
         for process in processes:
             process.join(timeout=30)
             if process.is_alive():
