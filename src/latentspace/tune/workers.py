@@ -75,12 +75,15 @@ def _alive(pid: int, started: str | None) -> bool:
     return started is None or start == started.partition(":")[2]
 
 
-def fail_orphaned_trials(study: Any, *, stale_after_s: float = 120.0) -> list[int]:
+def fail_orphaned_trials(
+    study: Any, *, stale_after_s: float = 120.0, stopped: tuple[int, ...] = ()
+) -> list[int]:
     """Fail RUNNING trials whose worker on this host is gone (the journal has no heartbeat).
 
     A trial records its worker's host, pid and process start time when it starts; a trial from
     another host is left alone, one that never recorded a worker is failed after `stale_after_s`.
-    Returns the numbers of the trials failed."""
+    `stopped`: pids known to have stopped working (this process after Ctrl-C). Returns the
+    numbers of the trials failed."""
     from optuna.trial import TrialState
 
     host = socket.gethostname()
@@ -88,9 +91,14 @@ def fail_orphaned_trials(study: Any, *, stale_after_s: float = 120.0) -> list[in
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
         if "pid" in attrs:
-            if attrs.get("host") != host or _alive(int(attrs["pid"]), attrs.get("pid_start")):
+            pid = int(attrs["pid"])
+            if attrs.get("host") != host or (
+                pid not in stopped and _alive(pid, attrs.get("pid_start"))
+            ):
                 continue
-            reason = f"worker {attrs['host']}:{attrs['pid']} died"
+            reason = (
+                "interrupted (Ctrl-C)" if pid in stopped else f"worker {attrs['host']}:{pid} died"
+            )
         else:
             started = trial.datetime_start
             if started is None or time.time() - started.timestamp() < stale_after_s:
@@ -228,19 +236,19 @@ def run_trial(study: Any, storage: Any, objective: _Objective, options: TuneOpti
     if trial is None:
         return None
     state, value = optuna.trial.TrialState.COMPLETE, math.nan
-    with _Heartbeat(storage, trial, heartbeat):
-        objective.claim(trial)
-        try:
+    try:
+        with _Heartbeat(storage, trial, heartbeat):
+            objective.claim(trial)
             value = objective(trial)
-        except optuna.TrialPruned:
-            state = optuna.trial.TrialState.PRUNED
-        except KeyboardInterrupt:
-            trial.set_user_attr(LOST, "interrupted (Ctrl-C)")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
-        except Exception as error:  # the trial fails, the study goes on
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:500])
-            state = optuna.trial.TrialState.FAIL
+    except optuna.TrialPruned:
+        state = optuna.trial.TrialState.PRUNED
+    except KeyboardInterrupt:
+        trial.set_user_attr(LOST, "interrupted (Ctrl-C)")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    except Exception as error:  # the trial fails, the study goes on
+        trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:500])
+        state = optuna.trial.TrialState.FAIL
     if state == optuna.trial.TrialState.COMPLETE and not math.isfinite(value):
         trial.set_user_attr("error", f"the objective is {value}")
         state = optuna.trial.TrialState.FAIL
@@ -340,9 +348,20 @@ def run_study(options: TuneOptions) -> Any:
     if lost and not options.quiet:
         print(f"marked trials {lost} as failed: their worker died (they are not counted)")
     deadline = None if options.timeout_s is None else time.time() + options.timeout_s
+    try:
+        _run_workers(options, deadline)
+    except KeyboardInterrupt:
+        # a trial interrupted between two steps of a worker may still read RUNNING
+        with _quiet_optuna_warnings():
+            fail_orphaned_trials(study, stopped=(os.getpid(),))
+        raise
+    return study
+
+
+def _run_workers(options: TuneOptions, deadline: float | None) -> None:
     if options.workers == 1:
         run_worker(options, 0, deadline)
-        return study
+        return
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_worker_process, args=(options, i, deadline), name=f"tune-{i}")
@@ -369,4 +388,3 @@ def run_study(options: TuneOptions) -> Any:
     failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]
     if failed and not options.quiet:
         print(f"warning: {len(failed)} worker(s) exited with status {failed}", file=sys.stderr)
-    return study
