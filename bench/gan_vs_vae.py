@@ -6,7 +6,8 @@ the class distribution of the samples (target: all 10 classes within 20% of unif
     nice -n 5 .venv/bin/python bench/gan_vs_vae.py --minutes 15 --out runs/bench-gan
 
 Each model trains until the next epoch would overrun --minutes of wall-clock time (or its epoch
-cap). Results are printed and written to OUT/results.json; run directories stay in OUT.
+cap). Results are printed and written to OUT/results.json; run directories stay in OUT, and a run
+directory that already exists there is reused, not retrained.
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ def main() -> None:
     parser.add_argument("--vae-epochs", type=int, default=30, help="epoch cap for the VAE")
     parser.add_argument("-n", type=int, default=10000, help="generated images per model")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-gan"))
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override the DCGAN configs (repeatable)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     results: list[dict[str, Any]] = []
@@ -81,7 +90,7 @@ def main() -> None:
         _, info = feature_network(dataset)
         print(f"{dataset}: {info.label}, test accuracy {info.test_accuracy:.4f}", flush=True)
         gan_config = apply_overrides(
-            load_config(CONFIGS[dataset]), [f"train.epochs={args.gan_epochs}"]
+            load_config(CONFIGS[dataset]), [f"train.epochs={args.gan_epochs}", *args.overrides]
         )
         vae_config = ls.default_config("vae", dataset=dataset, epochs=args.vae_epochs)
         for name, config in (("dcgan", gan_config), ("vae", vae_config)):

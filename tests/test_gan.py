@@ -179,3 +179,15 @@ def test_cli_uses_a_gan_run(tiny_npz: Path, tmp_path: Path, capsys: pytest.Captu
     output = capsys.readouterr().out
     assert "mean squared error" in output
     assert all((tmp_path / f).exists() for f in ("d.png", "g.png", "r.png"))
+
+
+def test_discriminator_can_be_wider_than_the_generator(tiny_npz: Path) -> None:
+    config = gan_config(
+        tiny_npz, "model.architecture=conv", "model.channels=4,8", "model.d_channels=6,12"
+    )
+    model, _ = build(config)
+    convs = [m for m in model.discriminator.modules() if isinstance(m, nn.Conv2d)]
+    transposed = [m for m in model.generator.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [c.out_channels for c in convs] == [6, 12]
+    assert [c.in_channels for c in transposed] == [8, 4]
+    assert model.score(torch.rand(3, 1, 12, 12)).shape == (3,)

@@ -46,6 +46,8 @@ class GANConfig(NetworkConfig):
     lr_g: float | None = None  # generator learning rate; None: train.lr
     betas: tuple[float, float] = (0.5, 0.999)  # Adam betas of both players (DCGAN: 0.5, 0.999)
     d_activation: str = "leaky_relu"  # the discriminator's activation (slope 0.2 as in DCGAN)
+    d_channels: tuple[int, ...] = ()  # conv: the discriminator's channels; empty: `channels`
+    d_hidden_sizes: tuple[int, ...] = ()  # mlp: the discriminator's layers; empty: `hidden_sizes`
     batch_norm: bool = True  # batch normalisation in the generator's hidden layers (DCGAN)
     inversion_steps: int = 200  # encode: Adam steps in latent space per restart
     inversion_restarts: int = 4  # encode: random starting codes per image; the best is kept
@@ -54,6 +56,11 @@ class GANConfig(NetworkConfig):
     def validate(self) -> None:
         super().validate()
         make_activation(self.d_activation)
+        if any(c < 1 for c in (*self.d_channels, *self.d_hidden_sizes)):
+            raise ConfigError(
+                f"model.d_channels = {self.d_channels} and model.d_hidden_sizes = "
+                f"{self.d_hidden_sizes} must be positive (or empty: the generator's)"
+            )
         if self.loss not in LOSSES:
             raise ConfigError(f"model.loss = {self.loss!r} is not one of: {', '.join(LOSSES)}")
         if self.gp_weight < 0:
@@ -167,7 +174,12 @@ class GAN(GenerativeModel):
         if config.batch_norm:
             generator = _with_batch_norm(cast(nn.Sequential, generator))
         self.generator = generator
-        d_config = dataclasses.replace(config, activation=config.d_activation)
+        d_config = dataclasses.replace(
+            config,
+            activation=config.d_activation,
+            channels=config.d_channels or config.channels,
+            hidden_sizes=config.d_hidden_sizes or config.hidden_sizes,
+        )
         self.discriminator = build_encoder(d_config, image_shape, 1)
         for layer in self.discriminator.modules():
             if isinstance(layer, nn.LeakyReLU):
