@@ -196,7 +196,7 @@ def speed_phase(args: argparse.Namespace) -> None:
     from latentspace.evaluate import evaluate
 
     torch.set_num_threads(1)
-    for hidden in ("200,200", "500,500"):
+    for hidden in args.shapes.split(";"):
         run_dir = _untrained_run(args.work, hidden)
         naive = _naive_nll(run_dir, 200, args.samples)
         for threads in (1, 2):
@@ -225,6 +225,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000, help="importance samples K")
     parser.add_argument("--threads", type=int, default=0, help="evaluate threads (0: default)")
     parser.add_argument("--limit", type=int, help="speed: evaluate only the first N test images")
+    parser.add_argument(
+        "--shapes", default="200,200;500,500", help="speed: hidden sizes to time, ';' between"
+    )
     parser.add_argument(
         "--curve-limit",
         type=int,
