@@ -184,6 +184,9 @@ def test_detect_on_recorded_numbers() -> None:
     assert keys == {"loss_spike", "loss_rise", "vanishing"}
     gap = dict(healthy, val_loss=140.0, gap_relative=0.4)
     assert [f.key for f in detect(gap, history, 1e-3)] == ["gap"]
+    # a gap while the loss is rising is instability, not memorisation: only the rise is said
+    rising = dict(healthy, train_loss=150.0, val_loss=200.0, gap_relative=0.33)
+    assert [f.key for f in detect(rising, history, 1e-3)] == ["loss_rise"]
     crawl = dict(healthy, layers={"encoder layer 1": {"update_ratio": 1e-6}})
     assert [f.key for f in detect(crawl, history, 1e-5)] == ["update_low"]
 

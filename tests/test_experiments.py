@@ -66,6 +66,9 @@ def test_epochs_verdict_and_early_stopping_rule() -> None:
     assert epochs.early_stop_epoch(val, 5) == 8
     assert verdict_of(epochs.checks_for(train, val, 8))
     assert not verdict_of(epochs.checks_for(train, val, None))  # early stopping never fired
+    assert not verdict_of(epochs.checks_for(train, val, 6))  # not where the rule says
+    late = [10.0, 8.0, 7.0, 7.5, 7.6, 7.7, 7.8, 7.9, 7.2]  # stopping cost more than it saved
+    assert [c.passed for c in epochs.checks_for(train, late, 8)] == [True, False]
     falling = [10.0, 9.0, 8.0, 7.0, 6.0, 5.5, 5.0, 4.8, 4.7]
     assert epochs.early_stop_epoch(falling, 5) is None
     assert not verdict_of(epochs.checks_for(train, falling, None))

@@ -304,7 +304,8 @@ def _loss_warnings(
             )
         )
     gap = entry.get("gap_relative")
-    if gap is not None and gap > t.gap:
+    unstable = any(f.key in ("loss_spike", "loss_rise") for f in found)
+    if gap is not None and gap > t.gap and not unstable:  # a gap from instability is not memory
         found.append(
             Finding(
                 "gap",

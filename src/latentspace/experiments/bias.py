@@ -107,9 +107,10 @@ def run(ctx: Context) -> tuple[list[Check], list[tuple[str, str]]]:
     on, off = rows[True]["val"], rows[False]["val"]
     observed = (
         f"<p>Effect on the fit (reported, not part of the verdict): validation loss with biases "
-        f"{fmt(on)}, without {fmt(off)} ({(off - on) / on:+.2%} without). Black is zero, so "
-        "an MNIST image is mostly the input a bias-free network answers with grey; it can still "
-        "push its outputs towards black through non-zero hidden units elsewhere.</p>"
+        f"{fmt(on)}, without {fmt(off)} ({(off - on) / on:+.2%} without). MNIST images are "
+        "mostly black background, which a bias-free network can still produce through its "
+        "hidden units as long as some input pixel is lit; only an entirely black input leaves "
+        "it nothing but grey.</p>"
     )
     return checks, [
         ("Setup", setup),

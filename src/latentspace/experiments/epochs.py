@@ -48,12 +48,27 @@ def checks_for(train: list[float], val: list[float], stopped_at: int | None) -> 
             f"{len(val)}, last {fmt(val[-1])} ({rose:+.1%}); training loss "
             f"{fmt(train[best_epoch - 1])} then, {fmt(train[-1])} at the end",
         ),
-        Check(
-            f"early stopping (patience {PATIENCE}) stops soon after the best epoch",
-            stopped_at is not None and stopped_at == predicted and stopped_at < len(val),
-            f"stopped at epoch {stopped_at}; the long run's curve predicts {predicted}",
-        ),
+        _stop_check(val, stopped_at, predicted, best_epoch),
     ]
+
+
+def _stop_check(
+    val: list[float], stopped_at: int | None, predicted: int | None, best: int
+) -> Check:
+    claim = (
+        f"early stopping (patience {PATIENCE}) stops where its rule says, before the end, with "
+        "a better model than training to the end"
+    )
+    if stopped_at is None or stopped_at >= len(val):
+        return Check(claim, False, f"it never stopped early (the curve predicts {predicted})")
+    at = val[stopped_at - 1]
+    return Check(
+        claim,
+        stopped_at == predicted and at < val[-1],
+        f"stopped at epoch {stopped_at} (the long run's curve predicts {predicted}) with "
+        f"validation loss {fmt(at)}: {at / val[best - 1] - 1:+.1%} against the best "
+        f"(epoch {best}), {at / val[-1] - 1:+.1%} against training to the end",
+    )
 
 
 def run(ctx: Context) -> tuple[list[Check], list[tuple[str, str]]]:
