@@ -82,6 +82,8 @@ def train_phase(args: argparse.Namespace) -> None:
         sys.exit(f"{run} exists: remove {args.work} or run --phase evaluate")
     marks = [float(m) for m in args.marks.split(",")]
     command = [*LATENTSPACE, "train", "--config", str(args.config), "--out", str(run)]
+    for override in args.overrides:
+        command += ["--set", override]
     command += ["--quiet", "--no-report", "--no-diagnostics"]  # measure training alone
     start = time.monotonic()
     process = subprocess.Popen(command, cwd=ROOT)
@@ -221,6 +223,14 @@ def main() -> None:
     parser.add_argument("--phase", choices=["all", "train", "evaluate", "speed"], default="all")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "mnist-vae-nll.toml")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-nll-mnist")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="train: override a setting of the config (repeatable)",
+    )
     parser.add_argument("--marks", default="5,10,15,20,25,30", help="snapshot CPU minutes")
     parser.add_argument("--samples", type=int, default=1000, help="importance samples K")
     parser.add_argument("--threads", type=int, default=0, help="evaluate threads (0: default)")
