@@ -267,3 +267,19 @@ def test_run_report_shows_diagnostics(tiny_run: Path) -> None:
     assert "<h2>Training diagnostics</h2>" in page
     assert "diagnostics_grad.png" in page or "gradient norm per layer" in page
     assert "This figure could not be made" not in page.split("Training diagnostics")[1][:2000]
+
+
+@pytest.mark.parametrize("name", sorted(ls.MODELS))
+def test_every_model_family_is_measured(name: str, tmp_path: Path, tiny_npz: Path) -> None:
+    config = ls.default_config(
+        name, dataset=str(tiny_npz), epochs=1, batch_size=16, latent_dim=2, device="cpu"
+    )
+    config = apply_overrides(config, ["model.hidden_sizes=32"])
+    run = tmp_path / "run"
+    ls.train(config, run, quiet=True)
+    (record,) = read_diagnostics(run)
+    assert len(record["layers"]) >= 2
+    assert all(s["grad_norm"] is not None for s in record["layers"].values())
+    # gap and overfitting are judged only where the loss is a likelihood bound
+    assert record["likelihood"] == (name != "gan")
+    assert ("gap" in record) == (name != "gan")

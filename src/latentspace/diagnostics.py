@@ -67,8 +67,8 @@ class Thresholds:
 
     dead_relu: float = 0.6  # fraction of a layer's ReLU units silent on every validation image
     saturated: float = 0.5  # fraction of a layer's sigmoid/tanh outputs with slope < 5% of peak
-    vanishing: float = 1e-2  # first-layer / last-layer weight-gradient norm below this
-    exploding: float = 1e2  # ... above this
+    vanishing: float = 1e-3  # first-layer / last-layer weight-gradient norm below this
+    exploding: float = 1e3  # ... above this
     update_high: float = 0.25  # largest update-to-weight ratio of the epoch's sampled steps
     update_low: float = 5e-4  # ... of the epoch's last step below this in every layer
     loss_spike: float = 3.0  # epoch's mean training loss over its end-of-epoch loss above this
@@ -248,7 +248,7 @@ def _gradient_warnings(entry: dict[str, Any], t: Thresholds) -> list[Finding]:
         hint = (
             "try --activation relu or leaky_relu"
             if kinds & {"sigmoid", "tanh"}
-            else "try fewer layers (--hidden) or a higher learning rate for Adam"
+            else "try a shallower network"
         )
         return [Finding("vanishing", f"{what} (vanishing gradients): {hint}")]
     if ratio > t.exploding:
@@ -264,7 +264,9 @@ def _gradient_warnings(entry: dict[str, Any], t: Thresholds) -> list[Finding]:
 def _loss_warnings(
     entry: dict[str, Any], history: Sequence[dict[str, Any]], lr: float, t: Thresholds
 ) -> list[Finding]:
-    found = []
+    found: list[Finding] = []
+    if not entry.get("likelihood", True):
+        return found
     train_loss = entry.get("train_loss")
     end = entry.get("val_loss", entry.get("end_loss"))
     if train_loss is not None and end is not None and end > 0 and train_loss > t.loss_spike * end:
@@ -335,9 +337,16 @@ def detect(
 def _loss_entry(
     record: dict[str, Any], history: Sequence[dict[str, Any]], t: Thresholds
 ) -> dict[str, Any]:
-    """Train/validation numbers of an epoch record, with the gap and the upturn flag."""
-    out: dict[str, Any] = {"train_loss": record["train"]["total"]}
-    if "val" not in record:
+    """Train/validation numbers of an epoch record, with the gap and the upturn flag. The
+    training loss excludes the L1/L2 penalties (validation has none). Only for models whose loss
+    is a likelihood bound (it has a "reconstruction" term): a GAN's two losses pull against each
+    other, so their sum rising or a gap says nothing about overfitting."""
+    train = record["train"]
+    out: dict[str, Any] = {
+        "train_loss": train["total"] - train.get("l1", 0.0) - train.get("l2", 0.0),
+        "likelihood": "reconstruction" in train,
+    }
+    if "val" not in record or not out["likelihood"]:
         return out
     val, train_loss = record["val"]["total"], out["train_loss"]
     out["val_loss"] = val
