@@ -169,3 +169,25 @@ def test_test_split_needs_a_named_dataset(
     assert main(["evaluate", str(tiny_run)]) == 1
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "--split val" in error
+
+
+def test_a_slow_encoder_gets_reconstruction_metrics_on_a_named_subset(
+    tmp_path: Path, tiny_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import latentspace.evaluate as evaluation
+
+    config = ls.apply_overrides(tiny_config, ["model.name=ae", "train.epochs=1"])
+    run = ls.train(config, tmp_path / "ae", quiet=True)
+    encode = run.model.encode
+
+    def slow(x: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        time.sleep(0.05)  # stands in for an optimisation such as GAN inversion
+        return encode(x)
+
+    monkeypatch.setattr(run.model, "encode", slow)
+    monkeypatch.setattr(evaluation, "ENCODE_BUDGET_S", 0.01)
+    record = evaluate(run, "train")
+    assert record["images"] == 58 and record["reconstruction_images"] == 2
+    assert "reconstruction metrics on the first 2" in record["data"]

@@ -22,6 +22,7 @@ from latentspace import latent
 from latentspace.data import ImageSet, resolve, to_float
 from latentspace.data.datasets import DATASETS
 from latentspace.errors import LatentspaceError
+from latentspace.evaluate import affordable_encodes
 from latentspace.html import escape, img_tag, table, write_page
 from latentspace.imaging import save_grid
 from latentspace.models import GenerativeModel
@@ -40,6 +41,7 @@ REPORT = "report.html"
 _QUICK_IMAGES = 1000  # a report without an evaluation record evaluates this many images
 _QUICK_SAMPLES = 100
 _MAP_IMAGES = 1000  # images encoded for the interpolation, traversal and latent map
+_ENCODE_BUDGET_S = 20.0  # ... fewer when encoding them would take longer than this
 
 
 # ---- figure helpers (also used by the CLI) ----------------------------------------------------
@@ -210,11 +212,11 @@ def _evaluation(run: Run, images: ImageSet) -> tuple[dict[str, Any], str]:
         record = evaluate(
             run,
             split,
-            limit=_QUICK_IMAGES,
+            limit=min(_QUICK_IMAGES, len(images)),
             nll_samples=_QUICK_SAMPLES if isinstance(run.model, VAE) else 0,
         )
     except LatentspaceError:
-        record = evaluate(run, "train", limit=_QUICK_IMAGES, nll_samples=0)
+        record = evaluate(run, "train", limit=min(_QUICK_IMAGES, len(images)), nll_samples=0)
     note = (
         f"a quick evaluation made for this report (at most {_QUICK_IMAGES} images, K="
         f"{_QUICK_SAMPLES} for the NLL); run `latentspace evaluate` for the full numbers"
@@ -275,7 +277,11 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
 
     def images() -> ImageSet:
         if "images" not in state:
-            state["images"] = report_images(run, limit=_MAP_IMAGES)
+            chosen = report_images(run, limit=_MAP_IMAGES)
+            probe = to_float(chosen.images[:2].to(model.device))
+            with torch.no_grad():  # an encoder that is an optimisation gets fewer images
+                count = affordable_encodes(model, probe, _ENCODE_BUDGET_S)
+            state["images"] = chosen.head(max(count, 2))
         return state["images"]
 
     def codes() -> torch.Tensor:
