@@ -228,25 +228,36 @@ def test_two_workers_record_every_trial_exactly_once(tmp_path: Path, tiny_config
     assert len({t.user_attrs["run_dir"] for t in trials}) == 6
 
 
-def _wait_for_running_trial(process: subprocess.Popen[str], study: Any) -> None:
-    """Return once `tune` has finished one trial and is training the next one."""
+def _running_trial(process: subprocess.Popen[str], study: Any) -> int:
+    """The number of a trial that `tune` is training (it has finished an epoch, not the last)."""
     assert process.stdout is not None
-    for line in process.stdout:
+    for line in process.stdout:  # one trial finished: the process is up
         if line.startswith("trial"):
             break
     deadline = time.time() + 60
     while time.time() < deadline and process.poll() is None:
-        if any(t.state.name == "RUNNING" for t in study().trials):
-            time.sleep(0.2)  # into the training loop
-            return
-        time.sleep(0.1)
-    raise AssertionError("tune never started a second trial")
+        for t in study().trials:
+            if t.state.name == "RUNNING" and len(t.intermediate_values) == 1:
+                return int(t.number)
+        time.sleep(0.05)
+    raise AssertionError("tune never trained a second trial")
 
 
-def _start_and_wait_for_a_trial(command: list[str], out: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for_running_trial(process, lambda: _load(out))
-    return process
+def stop_during_a_trial(command: list[str], study: Any, sig: int) -> tuple[int, str]:
+    """Start `tune` and send `sig` while it trains a trial; returns (that trial, the output).
+    A signal that lands after the trial finished is tried again: the check needs a trial."""
+    for _ in range(3):
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        number = _running_trial(process, study)
+        os.kill(process.pid, sig)
+        output = process.communicate(timeout=60)[0]
+        trial = next(t for t in study().trials if t.number == number)
+        if trial.state.name == "RUNNING" or trial.user_attrs.get(LOST):
+            assert sig != signal.SIGINT or process.returncode == 130, output
+            return number, output
+    raise AssertionError("three signals in a row landed between trials")
 
 
 def test_interrupted_or_killed_study_resumes_to_the_requested_count(
@@ -254,36 +265,29 @@ def test_interrupted_or_killed_study_resumes_to_the_requested_count(
 ) -> None:
     base, space_path = _write(tmp_path, _slow_config(tiny_config, tmp_path))
     out = tmp_path / "resume"
-    command = _tune_command(base, space_path, out, 4)
+    command = _tune_command(base, space_path, out, 8)
 
     # Ctrl-C: the running trial is marked, best.toml and the report are written, exit 130
-    process = _start_and_wait_for_a_trial(command, out)
-    process.send_signal(signal.SIGINT)
-    rest = process.communicate(timeout=60)[0]
-    assert process.returncode == 130, rest
+    number, _ = stop_during_a_trial(command, lambda: _load(out), signal.SIGINT)
     trials = _load(out).trials
     assert not [t for t in trials if t.state.name == "RUNNING"]
-    assert [t.user_attrs[LOST] for t in trials if t.user_attrs.get(LOST)] == [
-        "interrupted (Ctrl-C)"
-    ]
+    assert trials[number].user_attrs[LOST] == "interrupted (Ctrl-C)"
     assert (out / "best.toml").exists() and (out / "tune-report.html").exists()
 
     # kill -9: the running trial stays RUNNING in the journal...
-    process = _start_and_wait_for_a_trial(command, out)
-    os.kill(process.pid, signal.SIGKILL)
-    process.communicate(timeout=30)
-    assert [t.state.name for t in _load(out).trials].count("RUNNING") == 1
+    number, _ = stop_during_a_trial(command, lambda: _load(out), signal.SIGKILL)
+    assert [t.number for t in _load(out).trials if t.state.name == "RUNNING"] == [number]
 
     # ...until the next start fails it; the study then runs to the requested count
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "marked trials" in result.stdout
+    assert f"marked trials [{number}]" in result.stdout
     trials = _load(out).trials
     lost = [t for t in trials if t.user_attrs.get(LOST)]
     assert len(lost) == 2 and all(t.state.name == "FAIL" for t in lost)
-    assert "died" in lost[1].user_attrs[LOST]
+    assert "died" in trials[number].user_attrs[LOST]
     counted = [t for t in trials if not t.user_attrs.get(LOST)]
-    assert len(counted) == 4 and all(t.state.name == "COMPLETE" for t in counted)
+    assert len(counted) == 8 and all(t.state.name == "COMPLETE" for t in counted)
 
 
 def test_nll_objective_is_the_runs_importance_weighted_nll(

@@ -49,9 +49,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="URL",
         help="shared database, e.g. postgresql://user:pw@host/db (default: a journal file in --out)",
     )
-    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER)
-    parser.add_argument("--pruner", choices=PRUNERS, default=DEFAULT_PRUNER)
-    parser.add_argument("--objective", choices=list(OBJECTIVES), default="val_loss")
+    parser.add_argument(
+        "--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=f"default {DEFAULT_SAMPLER}"
+    )
+    parser.add_argument(
+        "--pruner", choices=PRUNERS, default=DEFAULT_PRUNER, help=f"default {DEFAULT_PRUNER}"
+    )
+    parser.add_argument(
+        "--objective", choices=list(OBJECTIVES), default="val_loss", help="default val_loss"
+    )
     parser.add_argument("--seed", type=int, help="sampler seed (worker i uses SEED+i)")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads per worker (default 1)"
