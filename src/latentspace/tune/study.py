@@ -243,7 +243,7 @@ def open_study(
             raise ConfigError(
                 f"study {options.study!r} was started with a different {changed[0]} "
                 f"({'config' if changed[0] == 'base' else changed[0]}); resume it with the same "
-                "--config/--space/--objective, or choose a new --study"
+                "--config/--space/--objective, or start a new study in another --out"
             )
     return (study, storage) if with_storage else study
 
