@@ -109,3 +109,28 @@ def test_bad_inputs_give_one_line_errors(
         assert "\n" not in error and expected in error, error
     assert main(["traverse", str(tiny_run), "--dims", "0,9", "--out", str(tmp_path / "t.png")]) == 1
     assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_slow_encoder_asks_for_a_limit_instead_of_running_for_hours(
+    tiny_run: Path,
+    tiny_npz: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import time
+
+    from latentspace.commands import explore
+    from latentspace.models.vae import VAE
+
+    encode = VAE.encode
+
+    def slow(self: VAE, x: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        time.sleep(0.05)  # stands in for an optimisation such as GAN inversion
+        return encode(self, x)
+
+    monkeypatch.setattr(VAE, "encode", slow)
+    monkeypatch.setattr(explore, "_ENCODE_BUDGET_S", 0.01)
+    argv = ["map", str(tiny_run), "--dataset", str(tiny_npz), "--out", "m.png"]
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "--limit 2 or fewer" in error

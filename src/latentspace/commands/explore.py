@@ -150,8 +150,23 @@ def parse_dims(text: str, latent_dim: int) -> list[int]:
     return dims
 
 
+_ENCODE_BUDGET_S = 300.0  # map and neighbours refuse work that would take longer than this
+
+
 def _encode(run: Run, images: torch.Tensor) -> torch.Tensor:
     model = run.model
+    if len(images) > 2:  # an encoder that is an optimisation (GAN inversion) is slow: say so
+        from latentspace.evaluate import affordable_encodes
+
+        with torch.no_grad():
+            probe = to_float(images[:2].to(model.device))
+            affordable = affordable_encodes(model, probe, _ENCODE_BUDGET_S)
+        if 0 < affordable < len(images):
+            raise ConfigError(
+                f"encoding {len(images)} images with this {model.name!r} model would take more "
+                f"than {_ENCODE_BUDGET_S / 60:g} minutes (its encoder is slow); pass "
+                f"--limit {affordable} or fewer"
+            )
     try:
         return batched(model.encode, images, model.device)
     except NotImplementedError:
