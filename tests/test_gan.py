@@ -191,3 +191,11 @@ def test_discriminator_can_be_wider_than_the_generator(tiny_npz: Path) -> None:
     assert [c.out_channels for c in convs] == [6, 12]
     assert [c.in_channels for c in transposed] == [8, 4]
     assert model.score(torch.rand(3, 1, 12, 12)).shape == (3,)
+
+
+@pytest.mark.parametrize("name", ["mnist-dcgan", "fashion-dcgan"])
+def test_shipped_dcgan_configs_build(name: str) -> None:
+    config = ls.load_config(Path(__file__).parent.parent / "configs" / f"{name}.toml")
+    model = MODELS["gan"](config.model, (1, 28, 28))
+    assert model.generate(2).shape == (2, 1, 28, 28)
+    assert model.score(torch.rand(2, 1, 28, 28)).shape == (2,)
