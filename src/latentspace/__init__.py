@@ -26,19 +26,30 @@ from latentspace.config import (
 )
 from latentspace.data import ImageSet, resolve
 from latentspace.errors import LatentspaceError
-from latentspace.models import MODELS, VAE, AEConfig, AutoEncoder, GenerativeModel, VAEConfig
+from latentspace.models import (
+    GAN,
+    MODELS,
+    VAE,
+    AEConfig,
+    AutoEncoder,
+    GANConfig,
+    GenerativeModel,
+    VAEConfig,
+)
 from latentspace.runs import Run, load_model, open_run
 from latentspace.train import Trainer, train
 
 load = load_model
 
 __all__ = [
+    "GAN",
     "MODELS",
     "VAE",
     "AEConfig",
     "AutoEncoder",
     "Config",
     "DataConfig",
+    "GANConfig",
     "GenerativeModel",
     "ImageSet",
     "LatentspaceError",
