@@ -183,3 +183,20 @@ def test_codes_of_the_wrong_size(
     np.savez(bad, codes=np.zeros((3, 5), dtype=np.float32))
     assert main(["decode", str(run), str(bad), "--out", str(tmp_path / "x.png")]) == 1
     assert "this run needs (N, 2)" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_resume(
+    tmp_path: Path,
+    tiny_npz: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import latentspace.commands.train as train_command
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_command, "train", interrupted)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(tiny_npz), "--out", str(out), "--quiet"]) == 130
+    assert f"latentspace train --resume {out}" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,10 @@ def test_loading_never_unpickles(tiny_run: Path) -> None:
     run = ls.open_run(tiny_run)
     with pytest.raises(RunError, match="cannot be read"):
         runs.read_trainer_state(tiny_run, build_model(run.config.model, run.image_shape))
+
+
+def test_run_files_get_the_usual_permissions(tiny_run: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "model.safetensors", "metrics.jsonl"):
+        assert (tiny_run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

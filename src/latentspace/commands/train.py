@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from latentspace.config import Config, apply_overrides, load_config
@@ -104,6 +105,19 @@ def _text(value: object) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    try:
+        return _run_train(args)
+    except KeyboardInterrupt:
+        where = args.resume or args.out
+        print(
+            f"latentspace: interrupted; {where} keeps its last completed epoch: continue with "
+            f"`latentspace train --resume {where}`",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _run_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.out is not None and args.out != args.resume:
             raise ConfigError("--resume continues a run in place: leave out --out")
