@@ -31,7 +31,7 @@ from test_tune import stop_during_a_trial  # noqa: E402
 
 SPACE = """
 [train]
-epochs = 3
+epochs = 8
 lr = { low = 1e-3, high = 3e-2, log = true }
 optimizer = "adam"
 [model]
@@ -124,7 +124,8 @@ def _command(tmp_path: Path, config: Config, url: str, trials: int, *extra: str)
 
     data = tmp_path / "more.npz"
     if not data.exists():
-        np.savez(data, images=make_images(512), labels=np.zeros(512, dtype=np.int64))
+        # enough images that a trial lasts long enough for the test to kill it mid-way
+        np.savez(data, images=make_images(2048), labels=np.zeros(2048, dtype=np.int64))
     base = tmp_path / "base.toml"
     base.write_text(config_to_toml(apply_overrides(config, [f"data.dataset={data}"])))
     space = tmp_path / "space.toml"
