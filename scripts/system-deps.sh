@@ -8,7 +8,11 @@ need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
 # the tune test starts a throwaway PostgreSQL server (tests/test_tune_postgres.py); Debian puts
 # initdb/pg_ctl in /usr/lib/postgresql/<version>/bin, off PATH
-{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || need_apt+=(postgresql)
+# (as root the test runs the server as the 'postgres' user, which Debian's package creates)
+if ! { command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 \
+   || { [ "$(id -u)" = 0 ] && ! getent passwd postgres >/dev/null; }; then
+  need_apt+=(postgresql)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq >/dev/null 2>&1 || true
