@@ -525,17 +525,7 @@ class Diagnostics:
 # ---- reading a finished run ------------------------------------------------------------------
 def read_diagnostics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of `diagnostics.jsonl` ([] when the run has none)."""
-    path = Path(run_dir) / DIAGNOSTICS
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise RunError(f"{path} line {number} is not valid JSON") from None
-    return records
+    return runs.read_jsonl(Path(run_dir) / DIAGNOSTICS)
 
 
 def _fmt(value: Any, spec: str = ".3g") -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "atomic_write",
     "load_model",
     "open_run",
+    "read_jsonl",
     "read_metrics",
     "read_trainer_state",
     "save_config",
@@ -109,7 +110,11 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / METRICS
+    return read_jsonl(run_dir / METRICS)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl file, one per line ([] when the file does not exist)."""
     if not path.exists():
         return []
     records = []
