@@ -189,6 +189,8 @@ def test_detect_on_recorded_numbers() -> None:
     assert [f.key for f in detect(rising, history, 1e-3)] == ["loss_rise"]
     crawl = dict(healthy, layers={"encoder layer 1": {"update_ratio": 1e-6}})
     assert [f.key for f in detect(crawl, history, 1e-5)] == ["update_low"]
+    # the same small steps at the end of a cosine schedule that started at 1e-3 are intended
+    assert detect(crawl, history, 1e-5, base_lr=1e-3) == []
 
 
 def test_diagnostics_change_no_result_and_resume_equals_uninterrupted(

@@ -186,7 +186,9 @@ def _percent(value: float) -> str:
     return f"{100 * value:.0f}%"
 
 
-def _layer_warnings(entry: dict[str, Any], lr: float, t: Thresholds) -> list[Finding]:
+def _layer_warnings(
+    entry: dict[str, Any], lr: float, t: Thresholds, base_lr: float | None = None
+) -> list[Finding]:
     found = []
     layers: dict[str, dict[str, Any]] = entry.get("layers", {})
     images = entry.get("val_images", 0)
@@ -224,7 +226,9 @@ def _layer_warnings(entry: dict[str, Any], lr: float, t: Thresholds) -> list[Fin
                 )
             )
     last = [s["update_ratio"] for s in layers.values() if s.get("update_ratio") is not None]
-    if last and max(last) < t.update_low:
+    # a schedule that has lowered the rate below its start makes small steps on purpose
+    decayed = base_lr is not None and lr < base_lr
+    if last and max(last) < t.update_low and not decayed:
         found.append(
             Finding(
                 "update_low",
@@ -324,11 +328,13 @@ def detect(
     history: Sequence[dict[str, Any]],
     lr: float,
     thresholds: Thresholds | None = None,
+    base_lr: float | None = None,
 ) -> list[Finding]:
-    """Every condition true for the diagnostics record `entry`, given the earlier records."""
+    """Every condition true for the diagnostics record `entry`, given the earlier records.
+    `base_lr` is the configured learning rate; `lr` the one the epoch used (after a schedule)."""
     t = thresholds or Thresholds()
     return [
-        *_layer_warnings(entry, lr, t),
+        *_layer_warnings(entry, lr, t, base_lr),
         *_gradient_warnings(entry, t),
         *_loss_warnings(entry, history, lr, t),
     ]
@@ -421,7 +427,13 @@ class Diagnostics:
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         start = time.perf_counter()
         entry = self._epoch_entry(trainer, record)
-        found = detect(entry, self.records, float(record["lr"]), self.thresholds)
+        found = detect(
+            entry,
+            self.records,
+            float(record["lr"]),
+            self.thresholds,
+            base_lr=trainer.train_config.lr,
+        )
         raised = [w for w in found if w.key not in self.said]
         self.said.update(w.key for w in raised)
         new = [w.text for w in raised]
