@@ -12,12 +12,30 @@ from latentspace.data import ImageSet, resolve, to_float
 from latentspace.errors import DataError
 from latentspace.runs import Run, open_run
 
-__all__ = ["add_device_arguments", "batched", "load_input", "open_run_for_use"]
+__all__ = [
+    "add_device_arguments",
+    "add_override_argument",
+    "batched",
+    "load_input",
+    "open_run_for_use",
+]
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | mps (default: cpu)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+
+
+def add_override_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--set SECTION.KEY=VALUE`, repeatable, collected in `args.overrides`."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=help,
+    )
 
 
 def open_run_for_use(args: argparse.Namespace) -> Run:

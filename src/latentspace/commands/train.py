@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from latentspace.commands._common import add_override_argument
 from latentspace.config import Config, apply_overrides, load_config
 from latentspace.errors import ConfigError
 from latentspace.models import MODELS
@@ -46,14 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, help="run directory to create")
     parser.add_argument("--config", type=Path, help="TOML file with [data], [model], [train]")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override any setting (repeatable)",
-    )
+    add_override_argument(parser, "override any setting (repeatable)")
     parser.add_argument(
         "--resume",
         type=Path,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from latentspace.commands._common import add_override_argument
 from latentspace.config import apply_overrides, load_config
 from latentspace.errors import ConfigError
 from latentspace.runs import atomic_write
@@ -69,14 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="database storages: heartbeat seconds",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a base config setting (repeatable)",
-    )
+    add_override_argument(parser, "override a base config setting (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no per-trial lines")
     parser.set_defaults(handler=run_tune)
 

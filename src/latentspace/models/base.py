@@ -96,13 +96,14 @@ class GenerativeModel(nn.Module):
     def on_train_end(self, batches: Iterable[torch.Tensor]) -> None:
         """Called once after the last epoch with the training batches (AE fits its prior here)."""
 
-    def penalties(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(l1 * sum|w|, l2 * sum w^2) with the run's coefficients; zeros when both are off."""
+    def penalties(self, network: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(l1 * sum|w|, l2 * sum w^2) with the run's coefficients over `network` (default: the
+        whole model; a GAN penalises each player in its own loss); zeros when both are off."""
         train = self.train_config
         if train.l1 == 0 and train.l2 == 0:
             zero = torch.zeros((), device=self.device)
             return zero, zero
-        l1, l2 = weight_penalties(self)
+        l1, l2 = weight_penalties(self if network is None else network)
         return train.l1 * l1, train.l2 * l2
 
     def optimizer_step(

@@ -28,7 +28,6 @@ from latentspace.models.layers import (
     build_decoder,
     build_encoder,
     make_activation,
-    weight_penalties,
 )
 
 __all__ = ["GAN", "GANConfig", "GANLoss", "gan_losses", "gradient_penalty"]
@@ -197,14 +196,6 @@ class GAN(GenerativeModel):
         """The generator: z (B, D) -> images (B, C, H, W) in [0, 1]."""
         return torch.sigmoid(self.generator(z))
 
-    def _penalty(self, network: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        train = self.train_config
-        if train.l1 == 0 and train.l2 == 0:
-            zero = torch.zeros((), device=self.device)
-            return zero, zero
-        l1, l2 = weight_penalties(network)
-        return train.l1 * l1, train.l2 * l2
-
     def configure_optimizers(self, train: TrainConfig) -> list[torch.optim.Optimizer]:
         """[discriminator optimizer, generator optimizer], each with its own learning rate and
         the GAN's betas (train.optimizer chooses the kind)."""
@@ -249,7 +240,7 @@ class GAN(GenerativeModel):
             with torch.no_grad():
                 fake = self.decode(self.sample_latent(len(x)))
             terms, real_scores, fake_scores = self._discriminator_loss(x, fake)
-            d_l1, d_l2 = self._penalty(self.discriminator)
+            d_l1, d_l2 = self.penalties(self.discriminator)
             d_loss = terms.discriminator + d_l1 + d_l2
             self.optimizer_step(opt_d, d_loss, d_params)
         for p in d_params:  # the generator step needs no gradients for D's weights
@@ -257,7 +248,7 @@ class GAN(GenerativeModel):
         try:
             fake = self.decode(self.sample_latent(len(x)))
             _, g_adv = gan_losses(self.config.loss, real_scores, self.score(fake))
-            g_l1, g_l2 = self._penalty(self.generator)
+            g_l1, g_l2 = self.penalties(self.generator)
             g_loss = g_adv + g_l1 + g_l2
             self.optimizer_step(opt_g, g_loss, g_params)
         finally:
