@@ -4,7 +4,9 @@ continuous pixels) trained with latentspace for 10 epochs. Target: <= 106 nats w
 
 The test-set figure after each epoch comes from a callback; training itself is `ls.train`.
 
-    .venv/bin/python bench/mnist_elbo.py [--epochs 10]
+    .venv/bin/python bench/mnist_elbo.py [--epochs 10] [--device cpu|cuda] [--precision fp32|bf16]
+
+The test ELBO is always computed in float32, also for a model trained with bf16 mixed precision.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class TestELBO:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = parser.parse_args()
     config = ls.default_config(
         "vae",
@@ -49,7 +53,8 @@ def main() -> None:
         latent_dim=20,
         batch_size=128,
         lr=1e-3,
-        device="cpu",
+        device=args.device,
+        precision=args.precision,
         val_fraction=0.0,
     )
     probe = TestELBO()

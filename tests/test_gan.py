@@ -46,7 +46,9 @@ def test_one_step_changes_both_networks(tiny_npz: Path, architecture: str, loss:
     model, optimizers = build(config)
     before_g = [p.detach().clone() for p in model.generator.parameters()]
     before_d = [p.detach().clone() for p in model.discriminator.parameters()]
-    terms = model.training_step(torch.rand(8, 1, 12, 12), optimizers)
+    terms = {
+        k: float(v) for k, v in model.training_step(torch.rand(8, 1, 12, 12), optimizers).items()
+    }
     assert {"d_loss", "g_loss", "d_real", "d_fake", "gp", "total"} <= set(terms)
     assert terms["total"] == pytest.approx(terms["d_loss"] + terms["g_loss"])
     assert all(np.isfinite(list(terms.values())))
@@ -74,11 +76,16 @@ def test_d_steps_and_separate_learning_rates(tiny_npz: Path) -> None:
 
 def test_l1_l2_penalties_reach_both_losses(tiny_npz: Path) -> None:
     plain, optimizers = build(gan_config(tiny_npz))
-    terms = plain.training_step(torch.rand(8, 1, 12, 12), optimizers)
+    terms = {
+        k: float(v) for k, v in plain.training_step(torch.rand(8, 1, 12, 12), optimizers).items()
+    }
     assert terms["l1"] == 0 and terms["l2"] == 0
     penalised, optimizers = build(gan_config(tiny_npz, "train.l1=0.001", "train.l2=0.01"))
     expected = [float(t.detach()) for t in penalised.penalties()]
-    terms = penalised.training_step(torch.rand(8, 1, 12, 12), optimizers)
+    terms = {
+        k: float(v)
+        for k, v in penalised.training_step(torch.rand(8, 1, 12, 12), optimizers).items()
+    }
     # measured before each network's step; both networks' weights counted
     assert terms["l1"] == pytest.approx(expected[0], rel=0.05)
     assert terms["l2"] == pytest.approx(expected[1], rel=0.05)

@@ -72,6 +72,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = latentspace's measured default
     device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "fp32"  # fp32 | bf16 (mixed: bf16 matrix products, fp32 weights and losses)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +236,7 @@ _CHOICES = {
     "train.optimizer": ("sgd", "adam", "adamw"),
     "train.schedule": ("constant", "cosine", "step"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
+    "train.precision": ("fp32", "bf16"),
     "data.binarize": ("none", "static", "dynamic"),
 }
 

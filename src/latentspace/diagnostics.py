@@ -409,7 +409,9 @@ class Diagnostics:
         self._prepare(0)
         self.seconds = time.perf_counter() - start
 
-    def on_batch_end(self, trainer: Trainer, x: torch.Tensor, terms: dict[str, float]) -> None:
+    def on_batch_end(
+        self, trainer: Trainer, x: torch.Tensor, terms: dict[str, torch.Tensor]
+    ) -> None:
         if (
             self.snapshot is None
             and self.step + 1 < self.steps
@@ -469,7 +471,7 @@ class Diagnostics:
             self.snapshot = None
 
     @torch.no_grad()
-    def _measure_step(self, trainer: Trainer, terms: dict[str, float]) -> None:
+    def _measure_step(self, trainer: Trainer, terms: dict[str, torch.Tensor]) -> None:
         assert self.snapshot is not None
         grads, updates = [], []
         for layer, before in zip(self.layers, self.snapshot, strict=True):
@@ -481,7 +483,7 @@ class Diagnostics:
         self.samples.append(
             {
                 "step": trainer.epoch * self.steps + self.step + 1,
-                "loss": terms["total"],
+                "loss": float(terms["total"]),
                 "grad_norm": values[:n],
                 "update_ratio": values[n:],
             }

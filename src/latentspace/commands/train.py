@@ -30,6 +30,7 @@ FLAGS = {
     "seed": "train.seed",
     "threads": "train.threads",
     "device": "train.device",
+    "precision": "train.precision",
     "size": "data.size",
 }
 
@@ -66,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="torch threads (default: 1 on CPU, measured)")
     parser.add_argument("--device", help="auto | cpu | cuda | mps")
+    parser.add_argument(
+        "--precision",
+        help="fp32 | bf16: bf16 mixed precision (matrix products in bfloat16, weights and losses "
+        "in float32); faster on GPUs and CPUs with bf16 units",
+    )
     parser.add_argument("--size", type=int, help="image folders: resize to SIZE x SIZE")
     parser.add_argument(
         "--strict", action="store_true", help="image folders: unreadable files are an error"

@@ -57,12 +57,13 @@ class AutoEncoder(GenerativeModel):
 
     def training_step(
         self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
-    ) -> dict[str, float]:
-        terms = self.loss(x)
+    ) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            terms = self.loss(x)
         l1, l2 = self.penalties()
         total = terms.total + l1 + l2
         self.optimizer_step(optimizers[0], total)
-        values = torch.stack([terms.reconstruction, l1, l2, total]).tolist()
+        values = torch.stack([terms.reconstruction, l1, l2, total]).detach().float()
         return dict(zip(("reconstruction", "l1", "l2", "total"), values, strict=True))
 
     @torch.no_grad()

@@ -7,6 +7,7 @@ autoencoder, a VAE and a GAN without knowing which it drives.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -77,9 +78,19 @@ class GenerativeModel(nn.Module):
 
     def training_step(
         self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
-    ) -> dict[str, float]:
-        """One optimisation step on batch x; returns the named loss terms as floats."""
+    ) -> dict[str, torch.Tensor]:
+        """One optimisation step on batch x; returns the named loss terms as detached 0-dim
+        tensors on the model's device. The trainer reads them to the host only every few steps,
+        so a GPU is never made to wait for a number after every batch."""
         raise NotImplementedError
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for a forward pass when `train.precision` is "bf16": matrix products
+        and convolutions in bfloat16, losses and weights in float32 (torch.autocast's op lists).
+        Backward passes run outside it, as torch advises. A no-op for "fp32"."""
+        if self.train_config.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def validation_step(self, x: torch.Tensor) -> dict[str, float]:
         """The same named terms as training_step, without updating anything."""

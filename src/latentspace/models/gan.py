@@ -226,7 +226,7 @@ class GAN(GenerativeModel):
 
     def training_step(
         self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor]:
         """d_steps discriminator steps on batch x, then one generator step. Terms: d_loss, g_loss
         (each with its network's l1/l2 terms), d_real and d_fake (mean D(x), D(G(z)): a
         probability for the non-saturating loss, the raw score otherwise), gp (unweighted),
@@ -237,17 +237,19 @@ class GAN(GenerativeModel):
         d_params = list(self.discriminator.parameters())
         g_params = list(self.generator.parameters())
         for _ in range(self.config.d_steps):
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 fake = self.decode(self.sample_latent(len(x)))
-            terms, real_scores, fake_scores = self._discriminator_loss(x, fake)
+            with self.autocast():
+                terms, real_scores, fake_scores = self._discriminator_loss(x, fake)
             d_l1, d_l2 = self.penalties(self.discriminator)
             d_loss = terms.discriminator + d_l1 + d_l2
             self.optimizer_step(opt_d, d_loss, d_params)
         for p in d_params:  # the generator step needs no gradients for D's weights
             p.requires_grad_(False)
         try:
-            fake = self.decode(self.sample_latent(len(x)))
-            _, g_adv = gan_losses(self.config.loss, real_scores, self.score(fake))
+            with self.autocast():
+                fake = self.decode(self.sample_latent(len(x)))
+                _, g_adv = gan_losses(self.config.loss, real_scores, self.score(fake))
             g_l1, g_l2 = self.penalties(self.generator)
             g_loss = g_adv + g_l1 + g_l2
             self.optimizer_step(opt_g, g_loss, g_params)
@@ -255,7 +257,7 @@ class GAN(GenerativeModel):
             for p in d_params:
                 p.requires_grad_(True)
         with torch.no_grad():
-            diversity = _pairwise_spread(fake) / _pairwise_spread(x).clamp_min(1e-8)
+            diversity = _pairwise_spread(fake.float()) / _pairwise_spread(x).clamp_min(1e-8)
         values = torch.stack(
             [
                 d_loss.detach(),
@@ -268,7 +270,7 @@ class GAN(GenerativeModel):
                 (d_l2 + g_l2).detach(),
                 (d_loss + g_loss).detach(),
             ]
-        ).tolist()
+        ).float()
         keys = ("d_loss", "g_loss", "d_real", "d_fake", "gp", "diversity", "l1", "l2", "total")
         return dict(zip(keys, values, strict=True))
 

@@ -79,12 +79,13 @@ class VAE(GenerativeModel):
 
     def training_step(
         self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
-    ) -> dict[str, float]:
-        terms = self.loss(x)
+    ) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            terms = self.loss(x)
         l1, l2 = self.penalties()
         total = terms.total + l1 + l2
         self.optimizer_step(optimizers[0], total)
-        values = torch.stack([terms.reconstruction, terms.kl, l1, l2, total]).tolist()
+        values = torch.stack([terms.reconstruction, terms.kl, l1, l2, total]).detach().float()
         return dict(zip(("reconstruction", "kl", "l1", "l2", "total"), values, strict=True))
 
     @torch.no_grad()
