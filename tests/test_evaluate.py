@@ -12,6 +12,7 @@ import torch
 import latentspace as ls
 from latentspace.cli import main
 from latentspace.config import Config
+from latentspace.errors import ConfigError
 from latentspace.evaluate import (
     evaluate,
     evaluation_set,
@@ -127,6 +128,17 @@ def test_vae_evaluation_numbers_are_consistent(tiny_run: Path) -> None:
     pixels = 12 * 12
     assert record["nll_bits_per_dim"] == pytest.approx(record["nll"] / (pixels * math.log(2)))
     assert "grey pixels" in record["data"] and "not comparable" in record["likelihood"]
+
+
+def test_bf16_nll_stays_close_to_float32(tiny_run: Path) -> None:
+    run = ls.open_run(tiny_run)
+    exact = evaluate(run, "val", nll_samples=64)
+    fast = evaluate(run, "val", nll_samples=64, precision="bf16")
+    assert fast["precision"] == "bf16" and exact["precision"] == "fp32"
+    assert fast["nll"] != exact["nll"], "bf16 must actually change the arithmetic"
+    assert fast["nll"] == pytest.approx(exact["nll"], abs=0.05 * 12 * 12 / 100)
+    with pytest.raises(ConfigError, match="precision = 'fp16'"):
+        evaluate(run, "val", nll_samples=4, precision="fp16")
 
 
 def test_binarized_runs_are_evaluated_on_one_seeded_binarization(

@@ -39,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the importance samples")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="VAE NLL: decoder matrix products in bfloat16 for the K samples (about 2x faster "
+        "on CPUs with bf16 units; the NLL moves by a few hundredths of a nat, see "
+        "docs/latent-tools.md); default fp32",
+    )
+    p.add_argument(
         "--fid",
         type=int,
         nargs="?",
@@ -190,6 +198,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=max(1, args.batch_size),
         seed=args.seed,
+        precision=args.precision,
     )
     record["threads"] = torch.get_num_threads()
     report = None
@@ -229,6 +238,7 @@ def describe_evaluation(record: dict[str, Any]) -> list[str]:
         lines.append(
             f"NLL {r['nll']:.2f} nats ({r['nll_bits_per_dim']:.4f} bits/dim): IWAE bound with "
             f"K={r['nll_samples']} importance samples per image, on {r['likelihood']}"
+            + (" (decoder in bfloat16)" if r.get("precision") == "bf16" else "")
         )
     if "active_units" in r:
         kl = [float(v) for v in r["kl_per_dim"]]
