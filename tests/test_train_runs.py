@@ -96,6 +96,35 @@ def test_divergence_names_the_learning_rate_and_keeps_last_good_state(
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_reading_losses_every_few_steps_gives_the_same_epoch(
+    tmp_path: Path, tiny_config: Config
+) -> None:
+    """A GPU reads the running loss sums every 25 steps; the epoch's record and the divergence
+    check must not depend on it (here on the CPU with the GPU's spacing forced)."""
+    records = []
+    for every in (1, 3):
+        train_set, val_set = prepare_data(tiny_config)
+        torch.manual_seed(0)
+        model = build_model(tiny_config.model, train_set.image_shape)
+        trainer = Trainer(
+            model, train_set, val_set, tiny_config, tmp_path / f"e{every}", quiet=True
+        )
+        trainer.check_every = every
+        records.append(trainer.fit()[-1]["train"])
+    assert records[0] == pytest.approx(records[1], rel=1e-9)
+    config = apply_overrides(
+        tiny_config, ["train.optimizer=sgd", "train.lr=1e6", "train.momentum=0"]
+    )
+    train_set, val_set = prepare_data(config)
+    trainer = Trainer(
+        build_model(config.model, train_set.image_shape), train_set, val_set, config,
+        tmp_path / "boom", quiet=True,
+    )  # fmt: skip
+    trainer.check_every = 3
+    with pytest.raises(TrainingDiverged, match="probably too high"):
+        trainer.fit()
+
+
 def test_early_stopping_counts_patience(tmp_path: Path, tiny_config: Config) -> None:
     config = apply_overrides(tiny_config, ["train.patience=2", "train.min_delta=0.5"])
     train_set, val_set = prepare_data(config)

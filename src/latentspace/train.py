@@ -134,6 +134,9 @@ class Trainer:
         self.quiet = quiet
         self.log = log or (lambda line: print(line, flush=True))
         self.device = select_device(config.train.device)
+        # Reading a number back from a GPU waits for all queued work, so there the running loss
+        # sums are read (and checked for divergence) every few steps; on a CPU reading is free.
+        self.check_every = 1 if self.device.type == "cpu" else 25
         self.threads = configure_threads(config.train.threads)
         self.model = model.to(self.device)
         dynamic = config.data.binarize == "dynamic"
@@ -246,9 +249,7 @@ class Trainer:
         names: list[str] = []
         sums = torch.zeros(0)
         count = 0
-        # Reading a number back from a GPU waits for all queued work, so there the running sums
-        # are read (and checked for divergence) every few steps; on a CPU reading is free.
-        check_every = 1 if self.device.type == "cpu" else 25
+        check_every = self.check_every
         last = len(self.train_batches) - 1
         start = time.perf_counter()
         bar = tqdm(
