@@ -14,6 +14,7 @@ CPU time is what the same training costs on an idle core. Both are recorded.
     python bench/nll_mnist.py --phase train    # only train and snapshot
     python bench/nll_mnist.py --phase evaluate # only evaluate the snapshots already taken
     python bench/nll_mnist.py --phase speed    # time `evaluate` K=1000 on the full test set
+                                               # (--thread-counts 1,2 --precisions fp32,bf16)
 
 The speed phase times the evaluation on a model of the plain recipe's shape (784-200-200-50; the
 weights do not change the time) and on the benchmark's own architecture, at 1 and 2 threads, and
@@ -201,14 +202,21 @@ def speed_phase(args: argparse.Namespace) -> None:
     for hidden in args.shapes.split(";"):
         run_dir = _untrained_run(args.work, hidden)
         naive = _naive_nll(run_dir, 200, args.samples)
-        for threads in (1, 2):
+        settings = [
+            (int(t), precision)
+            for precision in args.precisions.split(",")
+            for t in args.thread_counts.split(",")
+        ]
+        for threads, precision in settings:
             torch.set_num_threads(threads)
             run = open_run(run_dir)
             wall, cpu = time.perf_counter(), time.process_time()
-            record = evaluate(run, "test", nll_samples=args.samples, limit=args.limit)
+            record = evaluate(
+                run, "test", nll_samples=args.samples, limit=args.limit, precision=precision
+            )
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             print(
-                f"784-{hidden.replace(',', '-')}-50, {threads} thread(s): evaluate K="
+                f"784-{hidden.replace(',', '-')}-50, {threads} thread(s), {precision}: evaluate K="
                 f"{args.samples} on {record['images']} test images took {wall:.1f} s wall, "
                 f"{cpu:.1f} s CPU (load {os.getloadavg()[0]:.1f}); per-sample loop baseline "
                 f"{naive * record['images']:.1f} s wall at 1 thread -> speed-up "
@@ -237,6 +245,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="speed: evaluate only the first N test images")
     parser.add_argument(
         "--shapes", default="200,200;500,500", help="speed: hidden sizes to time, ';' between"
+    )
+    parser.add_argument(
+        "--thread-counts", default="1,2", help="speed: threads to time, ',' between"
+    )
+    parser.add_argument(
+        "--precisions", default="fp32,bf16", help="speed: evaluate precisions to time"
     )
     parser.add_argument(
         "--curve-limit",
