@@ -37,6 +37,9 @@ import sys
 import time
 from pathlib import Path
 
+# as latentspace does on import; set here because the speed phase imports torch first, and
+# OpenMP's spin-waiting threads crawl on a machine with other jobs
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 LATENTSPACE = [sys.executable, "-m", "latentspace.cli"]
 
