@@ -86,6 +86,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.set_defaults(handler=run_tune_report)
 
 
+def _fix_overridden(space_raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`--set section.key=value` fixes that setting: a key the default space would sample (and
+    the space file does not name) is excluded from the search, so the override is what trains."""
+    from latentspace.tune import DEFAULT_SPACE
+
+    named = {
+        f"{section}.{key}"
+        for section, table in space_raw.items()
+        if isinstance(table, dict)
+        for key in table
+    }
+    fixed = [
+        key
+        for key in (item.partition("=")[0].strip() for item in overrides)
+        if key in DEFAULT_SPACE and key not in named
+    ]
+    if not fixed:
+        return space_raw
+    exclude = list(space_raw.get("exclude", []))
+    return {**space_raw, "exclude": exclude + [k for k in fixed if k not in exclude]}
+
+
 def run_tune(args: argparse.Namespace) -> int:
     from latentspace import default_config
     from latentspace.tune.report import write_report
@@ -106,6 +128,7 @@ def run_tune(args: argparse.Namespace) -> int:
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"space file {args.space} is not valid TOML: {error}") from None
         space_source = str(args.space)
+    space_raw = _fix_overridden(space_raw, args.overrides)
     options = options_for(
         base,
         space_raw,
