@@ -7,12 +7,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from torch import nn
 
 import latentspace as ls
 from latentspace import cli
 from latentspace.config import Config, apply_overrides
+from latentspace.diagnostics import find_layers
 from latentspace.errors import ConfigError
 from latentspace.models import MODELS
 from latentspace.models.gan import GAN, gradient_penalty
@@ -146,6 +148,67 @@ def test_bad_gan_settings_are_config_errors(tiny_npz: Path) -> None:
         gan_config(tiny_npz, "model.d_steps=0")
 
 
+def test_moving_average_generator_decodes_and_trails_the_trained_one(tiny_npz: Path) -> None:
+    model, optimizers = build(
+        gan_config(tiny_npz, "model.architecture=conv", "model.channels=4,8", "model.ema=0.99")
+    )
+    assert model.generator_ema is not None
+    assert not any(p.requires_grad for p in model.generator_ema.parameters())
+    assert not any("generator_ema" in layer.name for layer in find_layers(model))  # not watched
+    start = [p.detach().clone() for p in model.generator.parameters()]
+    for p, q in zip(start, model.generator_ema.parameters(), strict=True):
+        assert torch.equal(p, q)  # starts as a copy of the initial generator
+    for _ in range(30):
+        model.training_step(torch.rand(8, 1, 12, 12), optimizers)
+    assert int(model.ema_updates) == 30
+    # the decay warms up: d_t = min(0.99, (1 + t) / (10 + t)), so the average has moved from the
+    # initial weights but is not the trained generator's
+    pairs = list(
+        zip(start, model.generator_ema.parameters(), model.generator.parameters(), strict=True)
+    )
+    assert any(not torch.equal(s, e) for s, e, _ in pairs)
+    assert any(not torch.equal(e, g) for _, e, g in pairs)
+    for ema_buffer, buffer in zip(
+        model.generator_ema.buffers(), model.generator.buffers(), strict=True
+    ):
+        assert torch.equal(ema_buffer, buffer)  # batch norm statistics are copied
+    model.eval()
+    z = torch.randn(4, 2)
+    with torch.no_grad():
+        assert torch.equal(model.decode(z), torch.sigmoid(model.generator_ema(z)))
+        assert not torch.equal(model.decode(z), torch.sigmoid(model.generator(z)))
+    plain, _ = build(gan_config(tiny_npz))
+    assert plain.generator_ema is None and "ema_updates" not in plain.state_dict()
+    with pytest.raises(ConfigError, match="model.ema"):
+        gan_config(tiny_npz, "model.ema=1")
+
+
+def test_resume_with_moving_average_equals_uninterrupted(tiny_npz: Path, tmp_path: Path) -> None:
+    config = gan_config(
+        tiny_npz,
+        "model.architecture=conv",
+        "model.channels=4,8",
+        "model.ema=0.9",
+        "train.epochs=3",
+    )
+    ls.train(config, tmp_path / "straight", quiet=True)
+
+    class InterruptAfterFirst:
+        def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
+            if record["epoch"] == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ls.train(config, tmp_path / "resumed", quiet=True, callbacks=[InterruptAfterFirst()])
+    ls.train(config, tmp_path / "resumed", resume=True, quiet=True)
+    straight = safetensors.torch.load_file(str(tmp_path / "straight" / "model.safetensors"))
+    resumed = safetensors.torch.load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert any(key.startswith("generator_ema.") for key in straight)
+    assert set(straight) == set(resumed)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
 class Capture:
     """Generates from the trainer's in-memory model once training has finished."""
 
@@ -155,13 +218,21 @@ class Capture:
         self.images = trainer.model.generate(6, generator=torch.Generator().manual_seed(5))
 
 
-def test_run_saves_loads_and_generates_identically(tiny_npz: Path, tmp_path: Path) -> None:
-    config = gan_config(tiny_npz, "model.architecture=conv", "model.channels=4,8")
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_run_saves_loads_and_generates_identically(
+    tiny_npz: Path, tmp_path: Path, ema: float
+) -> None:
+    config = gan_config(
+        tiny_npz, "model.architecture=conv", "model.channels=4,8", f"model.ema={ema}"
+    )
     capture = Capture()
     ls.train(config, tmp_path / "run", callbacks=[capture], quiet=True)
     loaded = ls.load(tmp_path / "run")
+    assert isinstance(loaded, GAN) and (loaded.generator_ema is not None) == (ema > 0)
     again = loaded.generate(6, generator=torch.Generator().manual_seed(5))
     assert torch.equal(again, capture.images)
+    z = torch.randn(3, 2)
+    assert torch.equal(loaded.decode(z), ls.load(tmp_path / "run").decode(z))
     records = [r for r in ls.open_run(tmp_path / "run").metrics if r["kind"] == "epoch"]
     assert len(records) == 2 and {"d_real", "d_fake", "gp"} <= set(records[-1]["val"])
 

@@ -101,13 +101,15 @@ class Layer:
 
 
 def find_layers(model: nn.Module) -> list[Layer]:
-    """Weighted layers (any module with a weight matrix or kernel) in forward-definition order,
+    """Trained weighted layers (a module with a weight matrix or kernel that requires gradients)
+    in forward-definition order,
     named "<top-level module> layer k" (1-based within it), each with its following activations."""
     layers: list[Layer] = []
     counts: dict[str, int] = {}
     for qualname, module in model.named_modules():
         weight = getattr(module, "weight", None)
-        if isinstance(weight, nn.Parameter) and weight.dim() >= 2:
+        # frozen weights (a GAN's moving-average generator) get no gradients to watch
+        if isinstance(weight, nn.Parameter) and weight.dim() >= 2 and weight.requires_grad:
             group = qualname.split(".")[0] if "." in qualname else ""
             counts[group] = counts.get(group, 0) + 1
             bias = getattr(module, "bias", None)

@@ -9,10 +9,16 @@ discriminator steps, then one generator step, so the generic trainer never learn
 
 `encode` is GAN inversion: gradient descent in latent space from several random starts, keeping
 the best code per image (`invert` also returns the reconstruction error it reached).
+
+With `ema` > 0 the model also keeps an exponential moving average of the generator's weights
+(`generator_ema`, as in Karras et al. 2018 and Brock et al. 2019), updated after every generator
+step and saved with the run; `decode` (so `generate`, `encode` and the rest) uses it, while
+training and its logged terms use the generator being trained.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, NamedTuple, cast
 
@@ -51,6 +57,7 @@ class GANConfig(NetworkConfig):
     inversion_steps: int = 200  # encode: Adam steps in latent space per restart
     inversion_restarts: int = 4  # encode: random starting codes per image; the best is kept
     inversion_lr: float = 0.05  # encode: Adam learning rate in latent space
+    ema: float = 0.0  # decay of a moving average of G's weights used to decode; 0 = off
 
     def validate(self) -> None:
         super().validate()
@@ -72,6 +79,8 @@ class GANConfig(NetworkConfig):
                 raise ConfigError(f"model.{key} = {value} must be greater than 0")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"model.betas = {self.betas}: both must be in [0, 1)")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"model.ema = {self.ema} must be in [0, 1) (0 = off)")
         if self.inversion_steps < 1 or self.inversion_restarts < 1:
             raise ConfigError(
                 f"model.inversion_steps = {self.inversion_steps} and model.inversion_restarts = "
@@ -166,6 +175,7 @@ class GAN(GenerativeModel):
     name = "gan"
     config_class = GANConfig
     config: GANConfig
+    ema_updates: torch.Tensor  # a buffer, only with ema > 0: generator steps averaged so far
 
     def __init__(self, config: GANConfig, image_shape: tuple[int, int, int]) -> None:
         super().__init__(config, image_shape)
@@ -185,6 +195,11 @@ class GAN(GenerativeModel):
                 layer.negative_slope = 0.2  # DCGAN's slope; torch's default 0.01 is nearly ReLU
         if config.architecture == "conv":
             _dcgan_init(self)
+        # the moving average starts as a copy of the initial generator; a buffer counts its updates
+        self.generator_ema: nn.Module | None = None
+        if config.ema > 0:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.last_inversion_error: torch.Tensor | None = None
 
     # ---- the two players ---------------------------------------------------------------------
@@ -193,8 +208,33 @@ class GAN(GenerativeModel):
         return self.discriminator(x).squeeze(1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The generator: z (B, D) -> images (B, C, H, W) in [0, 1]."""
+        """The generator: z (B, D) -> images (B, C, H, W) in [0, 1]. With `ema` > 0, the moving
+        average of its weights."""
+        generator = self.generator if self.generator_ema is None else self.generator_ema
+        return torch.sigmoid(generator(z))
+
+    def _fake(self, z: torch.Tensor) -> torch.Tensor:
+        """The generator being trained (never the moving average): z -> images in [0, 1]."""
         return torch.sigmoid(self.generator(z))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- d ema + (1 - d) G for the weights, with d = min(ema, (1 + t) / (10 + t)) after t
+        earlier updates (so early averages do not hold on to the random initial weights); batch
+        norm statistics are copied."""
+        if self.generator_ema is None:
+            return
+        t = self.ema_updates.to(torch.float32)
+        decay = torch.clamp((1.0 + t) / (10.0 + t), max=self.config.ema)
+        for averaged, current in zip(
+            self.generator_ema.parameters(), self.generator.parameters(), strict=True
+        ):
+            averaged.lerp_(current, 1.0 - decay)
+        for kept, buffer in zip(
+            self.generator_ema.buffers(), self.generator.buffers(), strict=True
+        ):
+            kept.copy_(buffer)
+        self.ema_updates.add_(1)
 
     def configure_optimizers(self, train: TrainConfig) -> list[torch.optim.Optimizer]:
         """[discriminator optimizer, generator optimizer], each with its own learning rate and
@@ -238,7 +278,7 @@ class GAN(GenerativeModel):
         g_params = list(self.generator.parameters())
         for _ in range(self.config.d_steps):
             with torch.no_grad(), self.autocast():
-                fake = self.decode(self.sample_latent(len(x)))
+                fake = self._fake(self.sample_latent(len(x)))
             with self.autocast():
                 terms, real_scores, fake_scores = self._discriminator_loss(x, fake)
             d_l1, d_l2 = self.penalties(self.discriminator)
@@ -248,11 +288,12 @@ class GAN(GenerativeModel):
             p.requires_grad_(False)
         try:
             with self.autocast():
-                fake = self.decode(self.sample_latent(len(x)))
+                fake = self._fake(self.sample_latent(len(x)))
                 _, g_adv = gan_losses(self.config.loss, real_scores, self.score(fake))
             g_l1, g_l2 = self.penalties(self.generator)
             g_loss = g_adv + g_l1 + g_l2
             self.optimizer_step(opt_g, g_loss, g_params)
+            self._update_ema()
         finally:
             for p in d_params:
                 p.requires_grad_(True)
@@ -279,7 +320,7 @@ class GAN(GenerativeModel):
         """The same losses on a held-out batch, without updating; codes (and the penalty's mixing
         weights) come from a fixed seed, so epochs are compared on the same draws."""
         seeded = torch.Generator().manual_seed(0)
-        fake = self.decode(self.sample_latent(len(x), generator=seeded))
+        fake = self._fake(self.sample_latent(len(x), generator=seeded))
         terms, real_scores, fake_scores = self._discriminator_loss(x, fake, seeded)
         _, g_loss = gan_losses(self.config.loss, real_scores, fake_scores)
         diversity = _pairwise_spread(fake) / _pairwise_spread(x).clamp_min(1e-8)

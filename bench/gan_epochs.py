@@ -1,0 +1,144 @@
+"""Epoch by epoch: how a DCGAN's samples improve under the CPU-time budget of gan_vs_vae.py.
+
+    nice -n 5 .venv/bin/python bench/gan_epochs.py mnist --out /tmp/gan-epochs/mnist \\
+        --set model.lr_d=4e-4 --extra-ema 0.999
+
+Trains configs/mnist-dcgan.toml (or fashion-dcgan.toml) with --set overrides until one more epoch
+would pass --minutes of the process's CPU time (one torch thread), as the bench does. After every
+epoch it generates 10000 images from the generator being trained ("raw"), from its moving average
+when model.ema > 0 ("ema"), and from the moving averages of any --extra-ema decays kept beside the
+run ("ema0.999"), and prints one JSON line per epoch: each one's class shares under latentspace's
+classifier, their largest deviation from uniform, and FID (latentspace classifier features) against
+the 10000 test images. The measuring is not charged to the budget. Lines go to OUT/epochs.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import latentspace as ls
+from latentspace.classifier import FeatureNetwork, feature_network
+from latentspace.config import apply_overrides, load_config
+from latentspace.data import resolve
+from latentspace.models.gan import GAN
+from latentspace.quality import class_distribution, fid_kid, uniform_deviation
+from latentspace.train import StopTraining, Trainer
+
+CONFIGS = {"mnist": "configs/mnist-dcgan.toml", "fashion-mnist": "configs/fashion-dcgan.toml"}
+
+
+class EpochProbe:
+    """Keeps the extra moving averages and measures every generator after every epoch."""
+
+    def __init__(
+        self,
+        network: FeatureNetwork,
+        reference: torch.Tensor,
+        minutes: float,
+        extra: list[float],
+        log: Path,
+    ) -> None:
+        self.network, self.reference = network, reference
+        self.seconds = minutes * 60
+        self.decays = extra
+        self.averages: dict[float, nn.Module] = {}
+        self.updates = 0
+        self.log = log
+        self.start = self.measuring = 0.0
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        model = trainer.model
+        assert isinstance(model, GAN)
+        self.start = time.process_time()
+        self.averages = {
+            d: copy.deepcopy(model.generator).requires_grad_(False) for d in self.decays
+        }
+
+    @torch.no_grad()
+    def on_batch_end(self, trainer: Trainer, x: torch.Tensor, terms: Any) -> None:
+        if not self.averages:
+            return
+        start = time.process_time()
+        generator = trainer.model.generator
+        assert isinstance(generator, nn.Module)
+        for decay, average in self.averages.items():  # the same warm-up as GAN._update_ema
+            d = min(decay, (1 + self.updates) / (10 + self.updates))
+            for kept, current in zip(average.parameters(), generator.parameters(), strict=True):
+                kept.lerp_(current, 1 - d)
+            for buffer, source in zip(average.buffers(), generator.buffers(), strict=True):
+                buffer.copy_(source)
+        self.updates += 1
+        self.measuring += time.process_time() - start
+
+    @torch.no_grad()
+    def _samples(self, model: GAN, generator: nn.Module) -> torch.Tensor:
+        model.eval()
+        seeded = torch.Generator().manual_seed(0)
+        images = [
+            torch.sigmoid(generator(model.sample_latent(500, generator=seeded))) for _ in range(20)
+        ]
+        model.train()
+        return torch.cat(images)
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        start = time.process_time()
+        used = start - self.start - self.measuring
+        model = trainer.model
+        assert isinstance(model, GAN)
+        row: dict[str, Any] = {
+            "epoch": record["epoch"],
+            "cpu_minutes": round(used / 60, 2),
+            "lr": record["lr"],
+            "d_real": round(record["train"]["d_real"], 3),
+            "d_fake": round(record["train"]["d_fake"], 3),
+        }
+        generators: list[tuple[str, nn.Module]] = [("raw", model.generator)]
+        if model.generator_ema is not None:
+            generators.append(("ema", model.generator_ema))
+        generators += [(f"ema{d:g}", average) for d, average in self.averages.items()]
+        for name, generator in generators:
+            images = self._samples(model, generator)
+            shares = class_distribution(images, self.network)
+            row[name] = {
+                "deviation": round(uniform_deviation(shares), 3),
+                "fid": round(fid_kid(self.reference, images, self.network, kid_subsets=5)[0], 2),
+                "classes": [round(v, 3) for v in shares.tolist()],
+            }
+        self.measuring += time.process_time() - start
+        print(json.dumps(row), flush=True)
+        with self.log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if used + used / record["epoch"] > self.seconds:
+            raise StopTraining(f"time budget: {used / 60:.1f} CPU min used")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=list(CONFIGS))
+    parser.add_argument("--out", type=Path, required=True, help="a new run directory")
+    parser.add_argument("--minutes", type=float, default=15.0, help="CPU minutes of training")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument(
+        "--extra-ema", default="", help="more moving-average decays to measure, e.g. 0.99,0.999"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    network, _ = feature_network(args.dataset)
+    reference = resolve(f"{args.dataset}:test").images
+    config = apply_overrides(load_config(CONFIGS[args.dataset]), args.overrides)
+    extra = [float(d) for d in args.extra_ema.split(",") if d]
+    args.out.mkdir(parents=True, exist_ok=True)
+    probe = EpochProbe(network, reference, args.minutes, extra, args.out / "epochs.jsonl")
+    ls.train(config, args.out, callbacks=[probe], quiet=True, diagnostics=False)
+
+
+if __name__ == "__main__":
+    main()
