@@ -1,0 +1,186 @@
+"""The `Diagnostics` trainer callback: measures a run as it trains, writes diagnostics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from latentspace import runs
+from latentspace.data import to_float
+from latentspace.diagnostics.measure import Layer, find_layers, measure_activations
+from latentspace.diagnostics.reading import DIAGNOSTICS, read_diagnostics
+from latentspace.diagnostics.rules import Thresholds, _loss_entry, detect
+
+if TYPE_CHECKING:
+    from latentspace.train import Trainer
+
+
+class Diagnostics:
+    """The trainer callback. every: measure gradients and updates on one step in this many (and
+    on the last step of each epoch); val_images: size of the fixed validation batch."""
+
+    def __init__(
+        self, every: int = 50, val_images: int = 512, thresholds: Thresholds | None = None
+    ) -> None:
+        if every < 1 or val_images < 1:
+            raise ValueError("Diagnostics: every and val_images must be at least 1")
+        self.every = every
+        self.val_images = val_images
+        self.thresholds = thresholds or Thresholds()
+        self.records: list[dict[str, Any]] = []
+        self.said: set[str] = set()  # conditions already warned about in this run
+        self.layers: list[Layer] = []
+        self.steps = 1
+        self.step = 0
+        self.epoch = 0
+        self.samples: list[dict[str, Any]] = []
+        self.snapshot: list[torch.Tensor] | None = None
+        self.batch: torch.Tensor | None = None
+        self.seconds = 0.0
+
+    # ---- trainer hooks ----------------------------------------------------------------------
+    def on_train_start(self, trainer: Trainer) -> None:
+        start = time.perf_counter()
+        self.layers = find_layers(trainer.model)
+        self.records = [r for r in read_diagnostics(trainer.run_dir) if r["epoch"] <= trainer.epoch]
+        self.said = {key for r in self.records for key in r.get("raised", [])}
+        source = (
+            trainer.val_set.images if trainer.val_set is not None else trainer.train_batches.images
+        )
+        self.batch = to_float(source[: self.val_images]).to(
+            trainer.device
+        )  # first N: no randomness
+        self.steps = max(1, len(trainer.train_batches))
+        self.step, self.epoch = 0, trainer.epoch
+        self._prepare(0)
+        self.seconds = time.perf_counter() - start
+
+    def on_batch_end(
+        self, trainer: Trainer, x: torch.Tensor, terms: dict[str, torch.Tensor]
+    ) -> None:
+        if (
+            self.snapshot is None
+            and self.step + 1 < self.steps
+            and not self._sampled(self.step + 1)
+        ):
+            self.step += 1  # the common case: nothing to do
+            return
+        start = time.perf_counter()
+        if self.snapshot is not None:
+            self._measure_step(trainer, terms)
+        self.step += 1
+        self._prepare(self.step if self.step < self.steps else 0)
+        self.seconds += time.perf_counter() - start
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        entry = self._epoch_entry(trainer, record)
+        found = detect(
+            entry,
+            self.records,
+            float(record["lr"]),
+            self.thresholds,
+            base_lr=trainer.train_config.lr,
+        )
+        raised = [w for w in found if w.key not in self.said]
+        self.said.update(w.key for w in raised)
+        new = [w.text for w in raised]
+        entry["warnings"], entry["raised"] = new, [w.key for w in raised]
+        entry["active"] = sorted(w.key for w in found)
+        self.seconds += time.perf_counter() - start
+        entry["seconds"] = round(self.seconds, 4)
+        self.records.append(entry)
+        text = "".join(json.dumps(r) + "\n" for r in self.records)
+        runs.atomic_write(trainer.run_dir / DIAGNOSTICS, lambda tmp: tmp.write_text(text))
+        if new:
+            record.setdefault("warnings", []).extend(new)
+            runs.write_metrics(trainer.run_dir, trainer.records)
+            if not trainer.quiet:
+                for line in new:
+                    trainer.log(f"  warning: {line}")
+        self.samples, self.step, self.seconds = [], 0, 0.0
+        self.epoch = trainer.epoch
+
+    # ---- measuring --------------------------------------------------------------------------
+    def _sampled(self, step: int) -> bool:
+        """Every `every`-th step and the last of each epoch; in the run's first epoch also steps
+        1, 2, 4, 8, ... (a learning rate that is too high shows in the first steps)."""
+        n = step + 1
+        early = self.epoch == 0 and n < self.every and n & (n - 1) == 0
+        return early or n % self.every == 0 or step == self.steps - 1
+
+    def _prepare(self, next_step: int) -> None:
+        """Copy the weights when the next step is a sampled one (its update is measured)."""
+        if self._sampled(next_step):
+            self.snapshot = [layer.weight.detach().clone() for layer in self.layers]
+        else:
+            self.snapshot = None
+
+    @torch.no_grad()
+    def _measure_step(self, trainer: Trainer, terms: dict[str, torch.Tensor]) -> None:
+        assert self.snapshot is not None
+        grads, updates = [], []
+        for layer, before in zip(self.layers, self.snapshot, strict=True):
+            grad = layer.weight.grad
+            grads.append(grad.norm() if grad is not None else torch.zeros((), device=before.device))
+            updates.append((layer.weight - before).norm() / before.norm().clamp_min(1e-12))
+        values = torch.stack(grads + updates).tolist() if grads else []
+        n = len(self.layers)
+        self.samples.append(
+            {
+                "step": trainer.epoch * self.steps + self.step + 1,
+                "loss": float(terms["total"]),
+                "grad_norm": values[:n],
+                "update_ratio": values[n:],
+            }
+        )
+
+    def _epoch_entry(self, trainer: Trainer, record: dict[str, Any]) -> dict[str, Any]:
+        assert self.batch is not None
+        activations = measure_activations(trainer.model, self.layers, self.batch)
+        last = self.samples[-1] if self.samples else None
+        layers: dict[str, dict[str, Any]] = {}
+        with torch.no_grad():
+            for i, layer in enumerate(self.layers):
+                stats: dict[str, Any] = {
+                    "weight_norm": layer.weight.norm().item(),
+                    "bias_norm": layer.bias.norm().item() if layer.bias is not None else None,
+                    "grad_norm": last["grad_norm"][i] if last else None,
+                    "grad_norm_mean": (
+                        sum(s["grad_norm"][i] for s in self.samples) / len(self.samples)
+                        if self.samples
+                        else None
+                    ),
+                    "update_ratio": last["update_ratio"][i] if last else None,
+                    "update_ratio_max": (
+                        max(s["update_ratio"][i] for s in self.samples) if self.samples else None
+                    ),
+                }
+                stats.update(activations.get(layer.name, {}))
+                layers[layer.name] = stats
+        entry: dict[str, Any] = {
+            "epoch": record["epoch"],
+            "step": last["step"] if last else None,
+            "val_images": len(self.batch),
+            "layers": layers,
+            "steps_sampled": [
+                {
+                    "step": s["step"],
+                    "loss": s["loss"],
+                    "grad_norm": math.sqrt(sum(g * g for g in s["grad_norm"])),
+                }
+                for s in self.samples
+            ],
+        }
+        if last:
+            entry["end_loss"] = last["loss"]
+        if last and len(self.layers) >= 2:
+            first_grad, last_grad = last["grad_norm"][0], last["grad_norm"][-1]
+            entry["first_layer"], entry["last_layer"] = self.layers[0].name, self.layers[-1].name
+            entry["grad_ratio"] = first_grad / last_grad if last_grad > 0 else None
+        entry.update(_loss_entry(record, self.records, self.thresholds))
+        return entry
