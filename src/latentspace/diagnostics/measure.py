@@ -33,6 +33,8 @@ def find_layers(model: nn.Module) -> list[Layer]:
     counts: dict[str, int] = {}
     for qualname, module in model.named_modules():
         weight = getattr(module, "weight", None)
+        if nn.utils.parametrize.is_parametrized(module, "weight"):  # e.g. spectral norm
+            weight = module.parametrizations.weight.original
         # frozen weights (a GAN's moving-average generator) get no gradients to watch
         if isinstance(weight, nn.Parameter) and weight.dim() >= 2 and weight.requires_grad:
             group = qualname.split(".")[0] if "." in qualname else ""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -58,6 +59,8 @@ class GANConfig(NetworkConfig):
     inversion_restarts: int = 4  # encode: random starting codes per image; the best is kept
     inversion_lr: float = 0.05  # encode: Adam learning rate in latent space
     ema: float = 0.0  # decay of a moving average of G's weights used to decode; 0 = off
+    pack: int = 1  # PacGAN: the discriminator judges `pack` images at once (1 = one at a time)
+    spectral_norm: bool = False  # divide each of D's weights by its largest singular value
 
     def validate(self) -> None:
         super().validate()
@@ -79,6 +82,8 @@ class GANConfig(NetworkConfig):
                 raise ConfigError(f"model.{key} = {value} must be greater than 0")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"model.betas = {self.betas}: both must be in [0, 1)")
+        if self.pack < 1:
+            raise ConfigError(f"model.pack = {self.pack} must be at least 1 (1 = no packing)")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"model.ema = {self.ema} must be in [0, 1) (0 = off)")
         if self.inversion_steps < 1 or self.inversion_restarts < 1:
@@ -114,21 +119,25 @@ def gan_losses(
 
 
 def gradient_penalty(
-    critic: nn.Module,
+    critic: Callable[[torch.Tensor], torch.Tensor],
     real: torch.Tensor,
     fake: torch.Tensor,
     *,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """mean over the batch of (||grad_x D(x_hat)||_2 - 1)^2 at x_hat = e x + (1 - e) G(z), one
-    e ~ U(0, 1) per image (Gulrajani et al. 2017, Algorithm 1). Differentiable in D's weights."""
+    """mean over the critic's inputs of (||grad_x D(x_hat)||_2 - 1)^2 at x_hat = e x + (1 - e) G(z),
+    one e ~ U(0, 1) per image (Gulrajani et al. 2017, Algorithm 1). Differentiable in D's weights.
+    A critic that scores packs of images (PacGAN) returns fewer scores than images; the norm is
+    then taken over each pack's gradient."""
     eps = torch.rand(len(real), 1, 1, 1, generator=generator).to(real.device)
     mixed = (eps * real + (1.0 - eps) * fake.detach()).requires_grad_(True)
     training = torch.is_grad_enabled()  # build a graph through the gradient only when training
     with torch.enable_grad():  # validation runs under no_grad; the penalty needs input gradients
-        scores = critic(mixed).sum()
-        (grad,) = torch.autograd.grad(scores, mixed, create_graph=training)
-    norms = grad.flatten(1).norm(dim=1)
+        scores = critic(mixed)
+        (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=training)
+    per_score = -(-len(real) // scores.numel())  # images per score: 1, or the pack size
+    flat = F.pad(grad.flatten(1), (0, 0, 0, scores.numel() * per_score - len(real)))
+    norms = flat.reshape(scores.numel(), -1).norm(dim=1)
     return (norms - 1.0).pow(2).mean()
 
 
@@ -189,12 +198,17 @@ class GAN(GenerativeModel):
             channels=config.d_channels or config.channels,
             hidden_sizes=config.d_hidden_sizes or config.hidden_sizes,
         )
-        self.discriminator = build_encoder(d_config, image_shape, 1)
+        c, h, w = image_shape  # PacGAN: `pack` images side by side in the channel axis
+        self.discriminator = build_encoder(d_config, (c * config.pack, h, w), 1)
         for layer in self.discriminator.modules():
             if isinstance(layer, nn.LeakyReLU):
                 layer.negative_slope = 0.2  # DCGAN's slope; torch's default 0.01 is nearly ReLU
         if config.architecture == "conv":
             _dcgan_init(self)
+        if config.spectral_norm:  # Miyato et al. 2018; one power iteration per training forward
+            for layer in list(self.discriminator.modules()):
+                if isinstance(layer, nn.Conv2d | nn.Linear):
+                    nn.utils.parametrizations.spectral_norm(layer)
         # the moving average starts as a copy of the initial generator; a buffer counts its updates
         self.generator_ema: nn.Module | None = None
         if config.ema > 0:
@@ -204,7 +218,16 @@ class GAN(GenerativeModel):
 
     # ---- the two players ---------------------------------------------------------------------
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        """The discriminator's raw score: (B, C, H, W) -> (B,)."""
+        """The discriminator's raw score: (B, C, H, W) -> (B,), or with `pack` = m > 1 one score
+        per m consecutive images, (ceil(B / m),) (PacGAN, Lin et al. 2018: a discriminator that
+        sees several samples at once notices when they lack variety, which penalises dropped
+        modes). A last incomplete pack is filled with the batch's first images."""
+        m = self.config.pack
+        if m > 1:
+            if len(x) % m:
+                fill = torch.arange(m - len(x) % m, device=x.device) % len(x)
+                x = torch.cat([x, x[fill]])
+            x = x.reshape(len(x) // m, m * x.shape[1], *x.shape[2:])
         return self.discriminator(x).squeeze(1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -252,7 +275,7 @@ class GAN(GenerativeModel):
         real_scores, fake_scores = self.score(x), self.score(fake)
         d_loss, _ = gan_losses(self.config.loss, real_scores, fake_scores)
         if self.config.loss == "wgan-gp":
-            gp = gradient_penalty(self.discriminator, x, fake, generator=generator)
+            gp = gradient_penalty(self.score, x, fake, generator=generator)
             d_loss = d_loss + self.config.gp_weight * gp
         else:
             gp = torch.zeros((), device=x.device)
