@@ -337,4 +337,5 @@ def test_shipped_dcgan_configs_build(name: str) -> None:
     config = ls.load_config(Path(__file__).parent.parent / "configs" / f"{name}.toml")
     model = MODELS["gan"](config.model, (1, 28, 28))
     assert model.generate(2).shape == (2, 1, 28, 28)
-    assert model.score(torch.rand(2, 1, 28, 28)).shape == (2,)
+    assert config.model.pack == 2  # the discriminator scores pairs of images
+    assert model.score(torch.rand(4, 1, 28, 28)).shape == (2,)
