@@ -28,7 +28,7 @@ import latentspace as ls
 from latentspace.classifier import FeatureNetwork, feature_network
 from latentspace.config import apply_overrides, load_config
 from latentspace.data import resolve
-from latentspace.models.gan import GAN
+from latentspace.models.gan import GAN, update_moving_average
 from latentspace.quality import class_distribution, fid_kid, uniform_deviation
 from latentspace.train import StopTraining, Trainer
 
@@ -69,12 +69,9 @@ class EpochProbe:
         start = time.process_time()
         generator = trainer.model.generator
         assert isinstance(generator, nn.Module)
-        for decay, average in self.averages.items():  # the same warm-up as GAN._update_ema
-            d = min(decay, (1 + self.updates) / (10 + self.updates))
-            for kept, current in zip(average.parameters(), generator.parameters(), strict=True):
-                kept.lerp_(current, 1 - d)
-            for buffer, source in zip(average.buffers(), generator.buffers(), strict=True):
-                buffer.copy_(source)
+        updates = torch.tensor(self.updates)
+        for decay, average in self.averages.items():  # the same rule as the run's own average
+            update_moving_average(average, generator, updates, decay)
         self.updates += 1
         self.measuring += time.process_time() - start
 

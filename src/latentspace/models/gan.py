@@ -37,7 +37,14 @@ from latentspace.models.layers import (
     make_activation,
 )
 
-__all__ = ["GAN", "GANConfig", "GANLoss", "gan_losses", "gradient_penalty"]
+__all__ = [
+    "GAN",
+    "GANConfig",
+    "GANLoss",
+    "gan_losses",
+    "gradient_penalty",
+    "update_moving_average",
+]
 
 LOSSES = ("nonsaturating", "hinge", "wgan-gp")
 
@@ -141,6 +148,21 @@ def gradient_penalty(
     return (norms - 1.0).pow(2).mean()
 
 
+@torch.no_grad()
+def update_moving_average(
+    average: nn.Module, current: nn.Module, updates: torch.Tensor, decay: float
+) -> None:
+    """average <- d average + (1 - d) current for the weights, with d = min(decay, (1 + t) /
+    (10 + t)) after t = `updates` earlier updates (so early averages do not hold on to the random
+    initial weights); buffers (batch norm statistics) are copied."""
+    t = updates.to(torch.float32)
+    d = torch.clamp((1.0 + t) / (10.0 + t), max=decay)
+    for averaged, weights in zip(average.parameters(), current.parameters(), strict=True):
+        averaged.lerp_(weights, 1.0 - d)
+    for kept, buffer in zip(average.buffers(), current.buffers(), strict=True):
+        kept.copy_(buffer)
+
+
 def _dcgan_init(module: nn.Module) -> None:
     """N(0, 0.02) weights, as in DCGAN (Radford et al. 2016, section 4)."""
     for layer in module.modules():
@@ -240,24 +262,12 @@ class GAN(GenerativeModel):
         """The generator being trained (never the moving average): z -> images in [0, 1]."""
         return torch.sigmoid(self.generator(z))
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
-        """ema <- d ema + (1 - d) G for the weights, with d = min(ema, (1 + t) / (10 + t)) after t
-        earlier updates (so early averages do not hold on to the random initial weights); batch
-        norm statistics are copied."""
-        if self.generator_ema is None:
-            return
-        t = self.ema_updates.to(torch.float32)
-        decay = torch.clamp((1.0 + t) / (10.0 + t), max=self.config.ema)
-        for averaged, current in zip(
-            self.generator_ema.parameters(), self.generator.parameters(), strict=True
-        ):
-            averaged.lerp_(current, 1.0 - decay)
-        for kept, buffer in zip(
-            self.generator_ema.buffers(), self.generator.buffers(), strict=True
-        ):
-            kept.copy_(buffer)
-        self.ema_updates.add_(1)
+        if self.generator_ema is not None:
+            update_moving_average(
+                self.generator_ema, self.generator, self.ema_updates, self.config.ema
+            )
+            self.ema_updates.add_(1)
 
     def configure_optimizers(self, train: TrainConfig) -> list[torch.optim.Optimizer]:
         """[discriminator optimizer, generator optimizer], each with its own learning rate and
