@@ -3,8 +3,9 @@
     nice -n 5 .venv/bin/python bench/gan_epochs.py mnist --out /tmp/gan-epochs/mnist \\
         --set model.lr_d=4e-4 --extra-ema 0.999
 
-Trains configs/mnist-dcgan.toml (or fashion-dcgan.toml) with --set overrides until one more epoch
-would pass --minutes of the process's CPU time (one torch thread), as the bench does. After every
+Trains configs/mnist-dcgan.toml (or fashion-dcgan.toml) with --set overrides on --threads torch
+threads until one more epoch would pass --minutes x --threads of the process's CPU time, as the
+bench does. After every
 epoch it generates 10000 images from the generator being trained ("raw"), from its moving average
 when model.ema > 0 ("ema"), and from the moving averages of any --extra-ema decays kept beside the
 run ("ema0.999"), and prints one JSON line per epoch: each one's class shares under latentspace's
@@ -121,19 +122,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=list(CONFIGS))
     parser.add_argument("--out", type=Path, required=True, help="a new run directory")
-    parser.add_argument("--minutes", type=float, default=15.0, help="CPU minutes of training")
+    parser.add_argument("--minutes", type=float, default=15.0, help="minutes of training")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
         "--extra-ema", default="", help="more moving-average decays to measure, e.g. 0.99,0.999"
     )
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     network, _ = feature_network(args.dataset)
     reference = resolve(f"{args.dataset}:test").images
-    config = apply_overrides(load_config(CONFIGS[args.dataset]), args.overrides)
+    config = apply_overrides(
+        load_config(CONFIGS[args.dataset]), [f"train.threads={args.threads}", *args.overrides]
+    )
     extra = [float(d) for d in args.extra_ema.split(",") if d]
     args.out.mkdir(parents=True, exist_ok=True)
-    probe = EpochProbe(network, reference, args.minutes, extra, args.out / "epochs.jsonl")
+    probe = EpochProbe(
+        network, reference, args.minutes * args.threads, extra, args.out / "epochs.jsonl"
+    )
     ls.train(config, args.out, callbacks=[probe], quiet=True, diagnostics=False)
 
 

@@ -17,7 +17,7 @@ from latentspace.config import Config, apply_overrides
 from latentspace.diagnostics import find_layers
 from latentspace.errors import ConfigError
 from latentspace.models import MODELS
-from latentspace.models.gan import GAN, gradient_penalty
+from latentspace.models.gan import GAN, MinibatchStd, gradient_penalty
 
 
 def gan_config(tiny_npz: Path, *overrides: str) -> Config:
@@ -144,6 +144,49 @@ def test_gradient_penalty_of_a_packed_critic_takes_the_norm_per_pack() -> None:
     mixed = eps * real + (1 - eps) * fake
     direct = ((2 * mixed).reshape(3, -1).norm(dim=1) - 1).pow(2).mean()
     assert float(penalty.detach()) == pytest.approx(float(direct), rel=1e-5)
+
+
+def test_minibatch_std_appends_the_spread_of_each_group() -> None:
+    x = torch.rand(6, 2, 3, 3)
+    out = MinibatchStd(4)(x)
+    assert out.shape == (6, 3, 3, 3) and torch.equal(out[:, :2], x)
+    first = x[:4].std(0, unbiased=False).mean()  # groups: images 0-3, then the last two alone
+    last = x[4:].std(0, unbiased=False).mean()
+    assert torch.allclose(out[:4, 2], first.expand(4, 3, 3), atol=1e-6)
+    assert torch.allclose(out[4:, 2], last.expand(2, 3, 3), atol=1e-6)
+    same = MinibatchStd(2)(torch.ones(4, 5))  # identical inputs: a spread of (almost) 0
+    assert same.shape == (4, 6) and float(same[:, 5].max()) < 1e-3
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_minibatch_std_lets_the_discriminator_see_variety(
+    tiny_npz: Path, tmp_path: Path, architecture: str
+) -> None:
+    config = gan_config(
+        tiny_npz,
+        f"model.architecture={architecture}",
+        "model.channels=4,8",
+        "model.minibatch_std=4",
+        "model.pack=2",
+    )
+    torch.manual_seed(0)
+    model, optimizers = build(config)
+    x = torch.rand(8, 1, 12, 12)
+    assert model.score(x).shape == (4,)
+    # the same first pack scores differently among copies of itself than among other images
+    varied, copies = torch.cat([x[:1], x[:1], x[2:]]), x[:1].expand(8, 1, 12, 12)
+    assert not torch.allclose(model.score(varied)[:1], model.score(copies)[:1])
+    plain, _ = build(apply_overrides(config, ["model.minibatch_std=0"]))
+    assert torch.allclose(plain.score(varied)[:1], plain.score(copies)[:1])
+    terms = model.training_step(torch.rand(7, 1, 12, 12), optimizers)  # 7: an incomplete group
+    assert all(torch.isfinite(v) for v in terms.values())
+    # a run saves and loads with the wider last layer (loading checks every tensor's shape)
+    ls.train(apply_overrides(config, ["train.epochs=1"]), tmp_path / "run", quiet=True)
+    loaded = ls.load(tmp_path / "run")
+    assert isinstance(loaded, GAN)
+    assert any(isinstance(m, MinibatchStd) for m in loaded.discriminator.modules())
+    with pytest.raises(ConfigError, match="model.minibatch_std"):
+        gan_config(tiny_npz, "model.minibatch_std=1")
 
 
 def test_spectral_norm_bounds_the_discriminator_weights(tiny_npz: Path, tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "GAN",
     "GANConfig",
     "GANLoss",
+    "MinibatchStd",
     "gan_losses",
     "gradient_penalty",
     "update_moving_average",
@@ -68,6 +69,7 @@ class GANConfig(NetworkConfig):
     ema: float = 0.0  # decay of a moving average of G's weights used to decode; 0 = off
     pack: int = 1  # PacGAN: the discriminator judges `pack` images at once (1 = one at a time)
     spectral_norm: bool = False  # divide each of D's weights by its largest singular value
+    minibatch_std: int = 0  # D sees the spread of each group of this many inputs; 0 = off
 
     def validate(self) -> None:
         super().validate()
@@ -89,6 +91,11 @@ class GANConfig(NetworkConfig):
                 raise ConfigError(f"model.{key} = {value} must be greater than 0")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"model.betas = {self.betas}: both must be in [0, 1)")
+        if self.minibatch_std < 0 or self.minibatch_std == 1:
+            raise ConfigError(
+                f"model.minibatch_std = {self.minibatch_std}: give a group size of 2 or more "
+                "(0 = off)"
+            )
         if self.pack < 1:
             raise ConfigError(f"model.pack = {self.pack} must be at least 1 (1 = no packing)")
         if not 0.0 <= self.ema < 1.0:
@@ -191,6 +198,48 @@ def _with_batch_norm(network: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*result)
 
 
+class MinibatchStd(nn.Module):
+    """Minibatch standard deviation (Karras et al. 2018, section 3): for each group of `group`
+    consecutive inputs, the standard deviation of every feature over the group, averaged into one
+    number, appended to each input of the group as one more channel (B, C, H, W) -> (B, C+1, H, W)
+    or feature (B, F) -> (B, F+1). A generator whose samples look alike gets a telltale low value.
+    A last incomplete group is measured on its own (a group of one has spread 0)."""
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, g = len(x), self.group
+        whole = n - n % g
+        spreads = []
+        for part, size in ((x[:whole], g), (x[whole:], n - whole)):
+            if len(part):
+                grouped = part.float().reshape(len(part) // size, size, -1)
+                spread = (grouped.var(1, unbiased=False) + 1e-8).sqrt().mean(1)
+                spreads.append(spread.repeat_interleave(size))
+        stat = torch.cat(spreads).to(x.dtype).reshape(n, 1, *([1] * (x.dim() - 2)))
+        return torch.cat([x, stat.expand(n, 1, *x.shape[2:])], 1)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}"
+
+
+def _with_minibatch_std(discriminator: nn.Sequential, group: int) -> nn.Sequential:
+    """Insert MinibatchStd before the last Linear (mlp) or before the Flatten that precedes it
+    (conv), widening that Linear to take the extra channel or feature."""
+    layers = list(discriminator)
+    last = layers[-1]
+    assert isinstance(last, nn.Linear)
+    if isinstance(layers[-2], nn.Flatten) and len(layers) > 2:  # conv: C x H x W features
+        conv = next(m for m in reversed(layers) if isinstance(m, nn.Conv2d))
+        extra, at = last.in_features // conv.out_channels, len(layers) - 2
+    else:
+        extra, at = 1, len(layers) - 1
+    wider = nn.Linear(last.in_features + extra, last.out_features, bias=last.bias is not None)
+    return nn.Sequential(*layers[:at], MinibatchStd(group), *layers[at:-1], wider)
+
+
 def _pairwise_spread(images: torch.Tensor) -> torch.Tensor:
     """Mean Euclidean distance between the images of a batch, per pixel (RMS): a cheap measure of
     diversity. (B, C, H, W) -> scalar."""
@@ -222,6 +271,10 @@ class GAN(GenerativeModel):
         )
         c, h, w = image_shape  # PacGAN: `pack` images side by side in the channel axis
         self.discriminator = build_encoder(d_config, (c * config.pack, h, w), 1)
+        if config.minibatch_std:
+            self.discriminator = _with_minibatch_std(
+                cast(nn.Sequential, self.discriminator), config.minibatch_std
+            )
         for layer in self.discriminator.modules():
             if isinstance(layer, nn.LeakyReLU):
                 layer.negative_slope = 0.2  # DCGAN's slope; torch's default 0.01 is nearly ReLU
