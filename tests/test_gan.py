@@ -17,7 +17,7 @@ from latentspace.config import Config, apply_overrides
 from latentspace.diagnostics import find_layers
 from latentspace.errors import ConfigError
 from latentspace.models import MODELS
-from latentspace.models.gan import GAN, MinibatchStd, gradient_penalty
+from latentspace.models.gan import GAN, MinibatchStd, gradient_penalty, group_spread
 
 
 def gan_config(tiny_npz: Path, *overrides: str) -> Config:
@@ -146,16 +146,20 @@ def test_gradient_penalty_of_a_packed_critic_takes_the_norm_per_pack() -> None:
     assert float(penalty.detach()) == pytest.approx(float(direct), rel=1e-5)
 
 
-def test_minibatch_std_appends_the_spread_of_each_group() -> None:
+def test_group_spread_is_the_mean_deviation_within_each_group() -> None:
     x = torch.rand(6, 2, 3, 3)
-    out = MinibatchStd(4)(x)
-    assert out.shape == (6, 3, 3, 3) and torch.equal(out[:, :2], x)
-    first = x[:4].std(0, unbiased=False).mean()  # groups: images 0-3, then the last two alone
+    spread = group_spread(x, 4)  # groups: images 0-3, then the last two on their own
+    first = x[:4].std(0, unbiased=False).mean()
     last = x[4:].std(0, unbiased=False).mean()
-    assert torch.allclose(out[:4, 2], first.expand(4, 3, 3), atol=1e-6)
-    assert torch.allclose(out[4:, 2], last.expand(2, 3, 3), atol=1e-6)
-    same = MinibatchStd(2)(torch.ones(4, 5))  # identical inputs: a spread of (almost) 0
-    assert same.shape == (4, 6) and float(same[:, 5].max()) < 1e-3
+    assert torch.allclose(spread, torch.stack([first] * 4 + [last] * 2), atol=1e-6)
+    assert float(group_spread(torch.ones(4, 5), 2).max()) < 1e-3  # look-alikes: about 0
+    head = MinibatchStd(nn.Linear(5, 1), 2)
+    features = torch.rand(4, 5)
+    assert torch.equal(head(features), head.linear(features))  # the weight starts at 0
+    with torch.no_grad():
+        head.weight.fill_(2.0)
+    expected = head.linear(features) + 2 * group_spread(features, 2)[:, None]
+    assert torch.allclose(head(features), expected)
 
 
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
@@ -174,6 +178,9 @@ def test_minibatch_std_lets_the_discriminator_see_variety(
     x = torch.rand(8, 1, 12, 12)
     assert model.score(x).shape == (4,)
     # the same first pack scores differently among copies of itself than among other images
+    for layer in model.discriminator.modules():
+        if isinstance(layer, MinibatchStd):
+            layer.weight.data.fill_(1.0)  # as training would move it from 0
     varied, copies = torch.cat([x[:1], x[:1], x[2:]]), x[:1].expand(8, 1, 12, 12)
     assert not torch.allclose(model.score(varied)[:1], model.score(copies)[:1])
     plain, _ = build(apply_overrides(config, ["model.minibatch_std=0"]))
