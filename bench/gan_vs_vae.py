@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 import latentspace as ls
+from latentspace._device import DEFAULT_CPU_THREADS
 from latentspace.classifier import feature_network
 from latentspace.config import apply_overrides, load_config
 from latentspace.quality import QualityReport, evaluate_quality
@@ -112,26 +113,27 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     budget = args.minutes * args.threads  # CPU minutes
-    threads = [f"train.threads={args.threads}"]
+    threads_set = [f"train.threads={args.threads}"]
     results: list[dict[str, Any]] = []
     for dataset in args.datasets:
         _, info = feature_network(dataset)
         print(f"{dataset}: {info.label}, test accuracy {info.test_accuracy:.4f}", flush=True)
         cap = [] if args.gan_epochs is None else [f"train.epochs={args.gan_epochs}"]
         gan_config = apply_overrides(
-            load_config(CONFIGS[dataset]), [*threads, *cap, *args.overrides]
+            load_config(CONFIGS[dataset]), [*threads_set, *cap, *args.overrides]
         )
         vae_config = apply_overrides(
-            ls.default_config("vae", dataset=dataset, epochs=args.vae_epochs), threads
+            ls.default_config("vae", dataset=dataset, epochs=args.vae_epochs), threads_set
         )
         for name, config in (("dcgan", gan_config), ("vae", vae_config)):
             run, times = train_timed(config, args.out / f"{dataset}-{name}", budget)
             report = evaluate_quality(run, n=args.n)
-            results.append({"dataset": dataset, **row(name, report, times, config.train.threads)})
+            threads = run.config.train.threads or DEFAULT_CPU_THREADS  # a reused run's own
+            results.append({"dataset": dataset, **row(name, report, times, threads)})
             print(
                 f"--- {dataset} {name}: {times['epochs']:.0f} epochs in "
                 f"{times['cpu_seconds'] / 60:.1f} CPU min ({times['wall_seconds'] / 60:.1f} min "
-                f"wall-clock, {config.train.threads} threads)",
+                f"wall-clock, {threads} thread{'s' if threads > 1 else ''})",
                 flush=True,
             )
             for line in report.lines():
