@@ -200,16 +200,16 @@ def _tune_command(base: Path, space: Path, out: Path, trials: int, *extra: str) 
 
 
 def _slow_config(tiny_config: Config, tmp_path: Path) -> Config:
-    """A tiny config whose trials take a few seconds, so that a kill lands mid-trial (with 512
-    images a trial's epochs took ~0.1 s: on a loaded machine the poll for a running trial missed
-    all eight)."""
+    """A tiny config whose trials take one to three seconds, so that a kill lands mid-trial (with
+    512 images a trial's epochs took ~0.1 s, and in `make test` the poll for a running trial
+    twice missed all eight)."""
     import numpy as np
 
     from conftest import make_images
     from latentspace.config import apply_overrides
 
     path = tmp_path / "more.npz"
-    np.savez(path, images=make_images(2048), labels=np.zeros(2048, dtype=np.int64))
+    np.savez(path, images=make_images(8192), labels=np.zeros(8192, dtype=np.int64))
     return apply_overrides(tiny_config, [f"data.dataset={path}"])
 
 
