@@ -5,12 +5,12 @@
 
 Trains configs/mnist-dcgan.toml (or fashion-dcgan.toml) with --set overrides on --threads torch
 threads until one more epoch would pass --minutes x --threads of the process's CPU time, as the
-bench does. After every
-epoch it generates 10000 images from the generator being trained ("raw"), from its moving average
-when model.ema > 0 ("ema"), and from the moving averages of any --extra-ema decays kept beside the
-run ("ema0.999"), and prints one JSON line per epoch: each one's class shares under latentspace's
-classifier, their largest deviation from uniform, and FID (latentspace classifier features) against
-the 10000 test images. The measuring is not charged to the budget. Lines go to OUT/epochs.jsonl.
+bench does. After every epoch it generates 10000 images from the generator being trained ("raw"),
+from its moving average when model.ema > 0 ("ema"), and from the moving averages of any --extra-ema
+decays kept beside the run ("ema0.999"), and prints one JSON line per epoch: each one's class
+shares under latentspace's classifier, their largest deviation from uniform, and FID (latentspace
+classifier features) against the 10000 test images. The measuring is not charged to the budget.
+Lines go to OUT/epochs.jsonl.
 """
 
 from __future__ import annotations
