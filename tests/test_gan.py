@@ -17,7 +17,13 @@ from latentspace.config import Config, apply_overrides
 from latentspace.diagnostics import find_layers
 from latentspace.errors import ConfigError
 from latentspace.models import MODELS
-from latentspace.models.gan import GAN, MinibatchStd, gradient_penalty, group_spread
+from latentspace.models.gan import (
+    GAN,
+    MinibatchStd,
+    gradient_penalty,
+    group_spread,
+    r1_penalty,
+)
 
 
 def gan_config(tiny_npz: Path, *overrides: str) -> Config:
@@ -252,11 +258,60 @@ def test_epoch_warnings_name_the_numbers(tiny_npz: Path) -> None:
     assert "collapsing" in warnings[1] and "0.10" in warnings[1]
 
 
+def test_r1_penalty_matches_direct_computation() -> None:
+    real = torch.rand(6, 1, 3, 3)
+
+    def critic(x: torch.Tensor) -> torch.Tensor:  # D(pack of 2) = sum x^3 over the pack
+        return x.pow(3).reshape(len(x) // 2, -1).sum(1)
+
+    penalty = r1_penalty(critic, real)
+    direct = (3 * real.pow(2)).reshape(3, -1).pow(2).sum(1).mean()  # ||grad||^2 per pack
+    assert float(penalty.detach()) == pytest.approx(float(direct), rel=1e-5)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(9, 1))
+    r1_penalty(linear, real).backward()  # differentiable in D's weights: d||w||^2/dw = 2w
+    weight = linear[1].weight
+    assert weight.grad is not None
+    assert torch.allclose(weight.grad, 2 * weight.detach())
+
+
+def test_lazy_r1_penalises_every_kth_discriminator_step(tiny_npz: Path) -> None:
+    config = gan_config(
+        tiny_npz, "model.architecture=conv", "model.channels=4,8", "model.r1=2", "model.r1_every=3"
+    )
+    model, optimizers = build(config)
+    x = torch.rand(8, 1, 12, 12)
+    gps = [float(model.training_step(x, optimizers)["gp"]) for _ in range(6)]
+    assert [gp > 0 for gp in gps] == [True, False, False, True, False, False]
+    # the logged term is r1_every x the penalty, so its mean over steps estimates the penalty
+    direct = float(r1_penalty(model.score, x).detach())
+    assert float(model.training_step(x, optimizers)["gp"]) == pytest.approx(3 * direct, rel=0.1)
+    assert model.validation_step(x)["gp"] == pytest.approx(r1_penalty(model.score, x).item())
+
+
+def test_r1_pulls_the_discriminator_gradient_down(tiny_npz: Path) -> None:
+    x = torch.rand(16, 1, 12, 12)
+    norms = {}
+    for r1 in (0, 50):
+        config = gan_config(tiny_npz, "model.architecture=conv", "model.channels=4,8")
+        torch.manual_seed(0)
+        model, optimizers = build(apply_overrides(config, [f"model.r1={r1}"]))
+        for _ in range(30):
+            model.training_step(x, optimizers)
+        norms[r1] = float(r1_penalty(model.score, x).detach())
+    assert norms[50] < 0.5 * norms[0]
+
+
 def test_bad_gan_settings_are_config_errors(tiny_npz: Path) -> None:
     with pytest.raises(ConfigError, match="model.loss"):
         gan_config(tiny_npz, "model.loss=minimax")
     with pytest.raises(ConfigError, match="model.d_steps"):
         gan_config(tiny_npz, "model.d_steps=0")
+    with pytest.raises(ConfigError, match="model.r1"):
+        gan_config(tiny_npz, "model.r1=-1")
+    with pytest.raises(ConfigError, match="model.r1_every"):
+        gan_config(tiny_npz, "model.r1=1", "model.r1_every=0")
+    with pytest.raises(ConfigError, match="two gradient penalties"):
+        gan_config(tiny_npz, "model.r1=1", "model.loss=wgan-gp")
 
 
 def test_moving_average_generator_decodes_and_trails_the_trained_one(tiny_npz: Path) -> None:

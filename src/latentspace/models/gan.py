@@ -71,6 +71,8 @@ class GANConfig(NetworkConfig):
     pack: int = 1  # PacGAN: the discriminator judges `pack` images at once (1 = one at a time)
     spectral_norm: bool = False  # divide each of D's weights by its largest singular value
     minibatch_std: int = 0  # D sees the spread of each group of this many inputs; 0 = off
+    r1: float = 0.0  # R1 penalty weight gamma: gamma/2 E||grad_x D(x)||^2 on real images; 0 = off
+    r1_every: int = 1  # lazy R1: compute it every this many discriminator steps, weighted by that
 
     def validate(self) -> None:
         super().validate()
@@ -97,6 +99,16 @@ class GANConfig(NetworkConfig):
                 f"model.minibatch_std = {self.minibatch_std}: give a group size of 2 or more "
                 "(0 = off)"
             )
+        if self.r1 < 0 or self.r1_every < 1:
+            raise ConfigError(
+                f"model.r1 = {self.r1} must be 0 or more and model.r1_every = {self.r1_every} at "
+                "least 1"
+            )
+        if self.r1 and self.loss == "wgan-gp":
+            raise ConfigError(
+                "model.r1 and model.loss = 'wgan-gp' are two gradient penalties: set model.r1 = 0 "
+                "(or gp_weight for WGAN-GP's own)"
+            )
         if self.pack < 1:
             raise ConfigError(f"model.pack = {self.pack} must be at least 1 (1 = no packing)")
         if not 0.0 <= self.ema < 1.0:
@@ -109,8 +121,8 @@ class GANConfig(NetworkConfig):
 
 
 class GANLoss(NamedTuple):
-    """Averaged over the batch. `gp` is the unweighted gradient penalty (0 unless wgan-gp);
-    `discriminator` already includes gp_weight * gp."""
+    """Averaged over the batch. `gp` is the unweighted gradient penalty: WGAN-GP's, or R1's times
+    the lazy-R1 weight (0 when neither); `discriminator` already includes it, weighted."""
 
     discriminator: torch.Tensor
     gp: torch.Tensor
@@ -154,6 +166,18 @@ def gradient_penalty(
     flat = F.pad(grad.flatten(1), (0, 0, 0, scores.numel() * per_score - len(real)))
     norms = flat.reshape(scores.numel(), -1).norm(dim=1)
     return (norms - 1.0).pow(2).mean()
+
+
+def r1_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor) -> torch.Tensor:
+    """mean over the critic's scores of ||grad_x D(x)||^2 on real images x (Mescheder et al. 2018,
+    eq. 9, without the gamma / 2). Differentiable in D's weights when gradients are enabled. A
+    critic that scores packs of images takes the norm over each pack's gradient."""
+    real = real.detach().requires_grad_(True)
+    training = torch.is_grad_enabled()
+    with torch.enable_grad():
+        scores = critic(real)
+        (grad,) = torch.autograd.grad(scores.float().sum(), real, create_graph=training)
+    return grad.float().pow(2).sum() / scores.numel()
 
 
 @torch.no_grad()
@@ -288,6 +312,7 @@ class GAN(GenerativeModel):
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.last_inversion_error: torch.Tensor | None = None
+        self._d_updates = 0  # discriminator steps taken in this process (for lazy R1)
 
     # ---- the two players ---------------------------------------------------------------------
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -331,15 +356,23 @@ class GAN(GenerativeModel):
         ]
 
     def _discriminator_loss(
-        self, x: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        fake: torch.Tensor,
+        generator: torch.Generator | None = None,
+        r1_weight: float = 1.0,
     ) -> tuple[GANLoss, torch.Tensor, torch.Tensor]:
+        """The discriminator's loss with its gradient penalty: WGAN-GP's, or R1 scaled by
+        `r1_weight` (lazy R1 passes r1_every on the steps that compute it and 0 on the others)."""
         real_scores, fake_scores = self.score(x), self.score(fake)
         d_loss, _ = gan_losses(self.config.loss, real_scores, fake_scores)
+        gp = torch.zeros((), device=x.device)
         if self.config.loss == "wgan-gp":
             gp = gradient_penalty(self.score, x, fake, generator=generator)
             d_loss = d_loss + self.config.gp_weight * gp
-        else:
-            gp = torch.zeros((), device=x.device)
+        elif self.config.r1 and r1_weight:
+            gp = r1_weight * r1_penalty(self.score, x)
+            d_loss = d_loss + 0.5 * self.config.r1 * gp
         return GANLoss(d_loss, gp), real_scores.detach(), fake_scores.detach()
 
     def _mean_outputs(self, scores: torch.Tensor) -> torch.Tensor:
@@ -360,11 +393,14 @@ class GAN(GenerativeModel):
         opt_d, opt_g = optimizers
         d_params = list(self.discriminator.parameters())
         g_params = list(self.generator.parameters())
+        every = self.config.r1_every
         for _ in range(self.config.d_steps):
             with torch.no_grad(), self.autocast():
                 fake = self._fake(self.sample_latent(len(x)))
+            r1_weight = float(every) if self._d_updates % every == 0 else 0.0
+            self._d_updates += 1
             with self.autocast():
-                terms, real_scores, fake_scores = self._discriminator_loss(x, fake)
+                terms, real_scores, fake_scores = self._discriminator_loss(x, fake, None, r1_weight)
             d_l1, d_l2 = self.penalties(self.discriminator)
             d_loss = terms.discriminator + d_l1 + d_l2
             self.optimizer_step(opt_d, d_loss, d_params)
