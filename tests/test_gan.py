@@ -314,6 +314,30 @@ def test_bad_gan_settings_are_config_errors(tiny_npz: Path) -> None:
         gan_config(tiny_npz, "model.r1=1", "model.loss=wgan-gp")
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.99])
+def test_standing_statistics_are_the_mean_over_many_batches(tiny_npz: Path, ema: float) -> None:
+    config = gan_config(
+        tiny_npz, "model.architecture=conv", "model.channels=4,8", f"model.ema={ema}"
+    )
+    model, optimizers = build(config)
+    for _ in range(5):
+        model.training_step(torch.rand(8, 1, 12, 12), optimizers)
+    decoder = model.generator if model.generator_ema is None else model.generator_ema
+    norm = next(m for m in decoder.modules() if isinstance(m, nn.BatchNorm2d))
+    inputs: list[torch.Tensor] = []
+    hook = norm.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach()))
+    model.standing_statistics(batches=7, batch_size=5)
+    hook.remove()
+    assert len(inputs) == 7 and norm.momentum == 0.1 and decoder.training
+    means = torch.stack([i.mean(dim=(0, 2, 3)) for i in inputs]).mean(0)
+    variances = torch.stack([i.var(dim=(0, 2, 3)) for i in inputs]).mean(0)
+    assert torch.allclose(norm.running_mean, means, atol=1e-6)
+    assert torch.allclose(norm.running_var, variances, atol=1e-6)
+    if ema:  # the trained generator keeps its own statistics
+        trained = next(m for m in model.generator.modules() if isinstance(m, nn.BatchNorm2d))
+        assert not torch.allclose(trained.running_mean, norm.running_mean)
+
+
 def test_moving_average_generator_decodes_and_trails_the_trained_one(tiny_npz: Path) -> None:
     model, optimizers = build(
         gan_config(tiny_npz, "model.architecture=conv", "model.channels=4,8", "model.ema=0.99")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -344,6 +344,36 @@ class GAN(GenerativeModel):
                 self.generator_ema, self.generator, self.ema_updates, self.config.ema
             )
             self.ema_updates.add_(1)
+
+    @torch.no_grad()
+    def standing_statistics(self, batches: int = 100, batch_size: int = 64) -> None:
+        """Recompute the batch-norm statistics of the generator that decodes (the moving average
+        with `ema`) as the mean over `batches` seeded batches of `batch_size` codes ("standing
+        statistics", Brock et al. 2019, appendix C.1). Training leaves the statistics of its last
+        few batches (momentum 0.1), and the moving average copies the trained generator's, which
+        were measured with other weights; the mean over many batches matches the weights used."""
+        generator = self.generator if self.generator_ema is None else self.generator_ema
+        norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        was_training = generator.training
+        seeded = torch.Generator().manual_seed(0)
+        try:
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # a plain mean over the batches
+            generator.train()
+            for _ in range(batches):
+                generator(self.sample_latent(batch_size, generator=seeded))
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            generator.train(was_training)
+
+    def on_train_end(self, batches: Iterable[torch.Tensor]) -> None:
+        """Standing batch-norm statistics for sampling, at the training batch size."""
+        self.standing_statistics(batch_size=self.train_config.batch_size)
 
     def configure_optimizers(self, train: TrainConfig) -> list[torch.optim.Optimizer]:
         """[discriminator optimizer, generator optimizer], each with its own learning rate and
