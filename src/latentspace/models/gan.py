@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from latentspace.config import TrainConfig
 from latentspace.errors import ConfigError
@@ -145,6 +146,26 @@ def gan_losses(
     return fake_scores.mean() - real_scores.mean(), -fake_scores.mean()
 
 
+def _input_gradients(
+    critic: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
+) -> torch.Tensor:
+    """The critic's gradient with respect to its inputs, one flattened row per score: (S, -1). A
+    critic that scores packs of images (PacGAN) returns fewer scores than images; each row then
+    holds a pack's gradient, a last incomplete pack padded with zeros. Differentiable in the
+    critic's weights when gradients are enabled (training); validation runs under no_grad."""
+    inputs = inputs.detach().requires_grad_(True)
+    training = torch.is_grad_enabled()  # build a graph through the gradient only when training
+    with torch.enable_grad():
+        scores = critic(inputs)
+        (grad,) = torch.autograd.grad(scores.float().sum(), inputs, create_graph=training)
+    per_score = -(-len(inputs) // scores.numel())  # images per score: 1, or the pack size
+    flat = grad.float().flatten(1)
+    missing = scores.numel() * per_score - len(inputs)
+    if missing:
+        flat = F.pad(flat, (0, 0, 0, missing))
+    return flat.reshape(scores.numel(), -1)
+
+
 def gradient_penalty(
     critic: Callable[[torch.Tensor], torch.Tensor],
     real: torch.Tensor,
@@ -152,32 +173,18 @@ def gradient_penalty(
     *,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """mean over the critic's inputs of (||grad_x D(x_hat)||_2 - 1)^2 at x_hat = e x + (1 - e) G(z),
-    one e ~ U(0, 1) per image (Gulrajani et al. 2017, Algorithm 1). Differentiable in D's weights.
-    A critic that scores packs of images (PacGAN) returns fewer scores than images; the norm is
-    then taken over each pack's gradient."""
+    """mean over the critic's scores of (||grad_x D(x_hat)||_2 - 1)^2 at x_hat = e x + (1 - e)
+    G(z), one e ~ U(0, 1) per image (Gulrajani et al. 2017, Algorithm 1); the norm is taken over
+    each pack's gradient when the critic scores packs of images."""
     eps = torch.rand(len(real), 1, 1, 1, generator=generator).to(real.device)
-    mixed = (eps * real + (1.0 - eps) * fake.detach()).requires_grad_(True)
-    training = torch.is_grad_enabled()  # build a graph through the gradient only when training
-    with torch.enable_grad():  # validation runs under no_grad; the penalty needs input gradients
-        scores = critic(mixed)
-        (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=training)
-    per_score = -(-len(real) // scores.numel())  # images per score: 1, or the pack size
-    flat = F.pad(grad.flatten(1), (0, 0, 0, scores.numel() * per_score - len(real)))
-    norms = flat.reshape(scores.numel(), -1).norm(dim=1)
-    return (norms - 1.0).pow(2).mean()
+    mixed = eps * real + (1.0 - eps) * fake.detach()
+    return (_input_gradients(critic, mixed).norm(dim=1) - 1.0).pow(2).mean()
 
 
 def r1_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor) -> torch.Tensor:
     """mean over the critic's scores of ||grad_x D(x)||^2 on real images x (Mescheder et al. 2018,
-    eq. 9, without the gamma / 2). Differentiable in D's weights when gradients are enabled. A
-    critic that scores packs of images takes the norm over each pack's gradient."""
-    real = real.detach().requires_grad_(True)
-    training = torch.is_grad_enabled()
-    with torch.enable_grad():
-        scores = critic(real)
-        (grad,) = torch.autograd.grad(scores.float().sum(), real, create_graph=training)
-    return grad.float().pow(2).sum() / scores.numel()
+    eq. 9, without the gamma / 2); per pack when the critic scores packs of images."""
+    return _input_gradients(critic, real).pow(2).sum(dim=1).mean()
 
 
 @torch.no_grad()
@@ -345,31 +352,16 @@ class GAN(GenerativeModel):
             )
             self.ema_updates.add_(1)
 
-    @torch.no_grad()
     def standing_statistics(self, batches: int = 100, batch_size: int = 64) -> None:
         """Recompute the batch-norm statistics of the generator that decodes (the moving average
         with `ema`) as the mean over `batches` seeded batches of `batch_size` codes ("standing
-        statistics", Brock et al. 2019, appendix C.1). Training leaves the statistics of its last
-        few batches (momentum 0.1), and the moving average copies the trained generator's, which
-        were measured with other weights; the mean over many batches matches the weights used."""
+        statistics", Brock et al. 2019, appendix C.1), with torch's `update_bn`. Training leaves
+        the statistics of its last few batches (momentum 0.1), and the moving average copies the
+        trained generator's, which were measured with other weights."""
         generator = self.generator if self.generator_ema is None else self.generator_ema
-        norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            return
-        momenta = [m.momentum for m in norms]
-        was_training = generator.training
         seeded = torch.Generator().manual_seed(0)
-        try:
-            for m in norms:
-                m.reset_running_stats()
-                m.momentum = None  # a plain mean over the batches
-            generator.train()
-            for _ in range(batches):
-                generator(self.sample_latent(batch_size, generator=seeded))
-        finally:
-            for m, momentum in zip(norms, momenta, strict=True):
-                m.momentum = momentum
-            generator.train(was_training)
+        codes = (self.sample_latent(batch_size, generator=seeded) for _ in range(batches))
+        update_bn(codes, generator)
 
     def on_train_end(self, batches: Iterable[torch.Tensor]) -> None:
         """Standing batch-norm statistics for sampling, at the training batch size."""
