@@ -373,13 +373,17 @@ def test_moving_average_generator_decodes_and_trails_the_trained_one(tiny_npz: P
         gan_config(tiny_npz, "model.ema=1")
 
 
-def test_resume_with_moving_average_equals_uninterrupted(tiny_npz: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["model.r1=1", "model.r1_every=3"]], ids=["ema", "lazy-r1"])
+def test_resume_with_moving_average_equals_uninterrupted(
+    tiny_npz: Path, tmp_path: Path, extra: list[str]
+) -> None:
     config = gan_config(
         tiny_npz,
         "model.architecture=conv",
         "model.channels=4,8",
         "model.ema=0.9",
         "train.epochs=3",
+        *extra,
     )
     ls.train(config, tmp_path / "straight", quiet=True)
 

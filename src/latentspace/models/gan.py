@@ -285,6 +285,7 @@ class GAN(GenerativeModel):
     config_class = GANConfig
     config: GANConfig
     ema_updates: torch.Tensor  # a buffer, only with ema > 0: generator steps averaged so far
+    r1_updates: torch.Tensor  # a buffer, only with r1 > 0: discriminator steps taken so far
 
     def __init__(self, config: GANConfig, image_shape: tuple[int, int, int]) -> None:
         super().__init__(config, image_shape)
@@ -319,7 +320,9 @@ class GAN(GenerativeModel):
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.last_inversion_error: torch.Tensor | None = None
-        self._d_updates = 0  # discriminator steps taken in this process (for lazy R1)
+        if config.r1 > 0:  # discriminator steps so far, saved so a resumed run keeps the lazy phase
+            self.register_buffer("r1_updates", torch.zeros((), dtype=torch.long))
+        self._r1_step: int | None = None  # its value on the host, read once (no sync per step)
 
     # ---- the two players ---------------------------------------------------------------------
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -419,8 +422,13 @@ class GAN(GenerativeModel):
         for _ in range(self.config.d_steps):
             with torch.no_grad(), self.autocast():
                 fake = self._fake(self.sample_latent(len(x)))
-            r1_weight = float(every) if self._d_updates % every == 0 else 0.0
-            self._d_updates += 1
+            r1_weight = 0.0
+            if self.config.r1 > 0:
+                if self._r1_step is None:  # first step since building or loading the model
+                    self._r1_step = int(self.r1_updates)
+                r1_weight = float(every) if self._r1_step % every == 0 else 0.0
+                self._r1_step += 1
+                self.r1_updates.fill_(self._r1_step)
             with self.autocast():
                 terms, real_scores, fake_scores = self._discriminator_loss(x, fake, None, r1_weight)
             d_l1, d_l2 = self.penalties(self.discriminator)
