@@ -20,6 +20,7 @@ from latentspace.models import MODELS
 from latentspace.models.gan import (
     GAN,
     MinibatchStd,
+    gan_losses,
     gradient_penalty,
     group_spread,
     r1_penalty,
@@ -46,7 +47,7 @@ def build(config: Config) -> tuple[GAN, list[torch.optim.Optimizer]]:
 
 
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
-@pytest.mark.parametrize("loss", ["nonsaturating", "hinge", "wgan-gp"])
+@pytest.mark.parametrize("loss", ["nonsaturating", "hinge", "lsgan", "wgan-gp"])
 def test_one_step_changes_both_networks(tiny_npz: Path, architecture: str, loss: str) -> None:
     config = gan_config(
         tiny_npz, f"model.architecture={architecture}", "model.channels=4,8", f"model.loss={loss}"
@@ -68,6 +69,21 @@ def test_one_step_changes_both_networks(tiny_npz: Path, architecture: str, loss:
         for a, b in zip(before_d, model.discriminator.parameters(), strict=True)
     )
     assert (terms["gp"] > 0) == (loss == "wgan-gp")
+
+
+def test_losses_match_their_formulas() -> None:
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    softplus = np.logaddexp(0, [-2.0, 1.0, 0.5, -3.0, -0.5, 3.0])  # log(1 + e^v)
+    expected = {  # (discriminator, generator), written out by hand for these four scores
+        "nonsaturating": (softplus[:4].sum() / 2, softplus[4:].sum() / 2),
+        "hinge": ((0 + 2 + 1.5 + 0) / 2, (-0.5 + 3) / 2),
+        "lsgan": (0.5 * ((1 + 4) / 2 + (0.25 + 9) / 2), 0.5 * (0.25 + 16) / 2),
+        "wgan-gp": ((0.5 - 3) / 2 - (2 - 1) / 2, (-0.5 + 3) / 2),
+    }
+    for loss, (d_expected, g_expected) in expected.items():
+        d_loss, g_loss = gan_losses(loss, real, fake)
+        assert float(d_loss) == pytest.approx(d_expected, rel=1e-6), loss
+        assert float(g_loss) == pytest.approx(g_expected, rel=1e-6), loss
 
 
 def test_d_steps_and_separate_learning_rates(tiny_npz: Path) -> None:
@@ -256,6 +272,10 @@ def test_epoch_warnings_name_the_numbers(tiny_npz: Path) -> None:
     assert len(warnings) == 2
     assert "discriminator wins" in warnings[0] and "0.998" in warnings[0]
     assert "collapsing" in warnings[1] and "0.10" in warnings[1]
+    least_squares, _ = build(gan_config(tiny_npz, "model.loss=lsgan"))
+    assert least_squares.epoch_warnings(calm) == []
+    (warning,) = least_squares.epoch_warnings({"train": {"d_loss": 0.004, "diversity": 0.9}})
+    assert "discriminator wins" in warning and "0.0040" in warning
 
 
 def test_r1_penalty_matches_direct_computation() -> None:

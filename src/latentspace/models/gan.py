@@ -49,13 +49,13 @@ __all__ = [
     "update_moving_average",
 ]
 
-LOSSES = ("nonsaturating", "hinge", "wgan-gp")
+LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp")
 
 
 @dataclasses.dataclass(frozen=True)
 class GANConfig(NetworkConfig):
     name: str = "gan"
-    loss: str = "nonsaturating"  # nonsaturating | hinge | wgan-gp
+    loss: str = "nonsaturating"  # nonsaturating | hinge | lsgan | wgan-gp
     gp_weight: float = 10.0  # wgan-gp: weight of the gradient penalty (Gulrajani et al. use 10)
     d_steps: int = 1  # discriminator steps per generator step (WGAN-GP: 5), on the same batch
     lr_d: float | None = None  # discriminator learning rate; None: train.lr
@@ -136,13 +136,17 @@ def gan_losses(
 
     nonsaturating: -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))) and -log sigmoid(D(G(z)))
     (Goodfellow et al. 2014, section 3); hinge: relu(1 - D(x)) + relu(1 + D(G(z))) and -D(G(z))
-    (Lim & Ye 2017); wgan-gp: D(G(z)) - D(x) and -D(G(z)), the penalty added by the caller."""
+    (Lim & Ye 2017); lsgan: ((D(x) - 1)^2 + D(G(z))^2) / 2 and (D(G(z)) - 1)^2 / 2 (Mao et al.
+    2017, targets 0 and 1); wgan-gp: D(G(z)) - D(x) and -D(G(z)), the penalty added by the caller."""
     if loss == "nonsaturating":
         d_loss = F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
         return d_loss, F.softplus(-fake_scores).mean()
     if loss == "hinge":
         d_loss = F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
         return d_loss, -fake_scores.mean()
+    if loss == "lsgan":
+        d_loss = 0.5 * ((real_scores - 1.0).pow(2).mean() + fake_scores.pow(2).mean())
+        return d_loss, 0.5 * (fake_scores - 1.0).pow(2).mean()
     return fake_scores.mean() - real_scores.mean(), -fake_scores.mean()
 
 
@@ -504,6 +508,12 @@ class GAN(GenerativeModel):
             warnings.append(
                 f"the discriminator wins outright: its hinge loss is {terms['d_loss']:.4f} "
                 "(every margin satisfied); lower model.lr_d or raise model.lr_g"
+            )
+        if self.config.loss == "lsgan" and terms.get("d_loss", 1.0) < 0.01:
+            warnings.append(
+                f"the discriminator wins outright: its least-squares loss is "
+                f"{terms['d_loss']:.4f} (scores on their targets, 1 for real and 0 for generated "
+                "images); lower model.lr_d or raise model.lr_g"
             )
         diversity = terms.get("diversity")
         if diversity is not None and diversity < 0.25:
