@@ -276,6 +276,9 @@ def test_epoch_warnings_name_the_numbers(tiny_npz: Path) -> None:
     assert least_squares.epoch_warnings(calm) == []
     (warning,) = least_squares.epoch_warnings({"train": {"d_loss": 0.004, "diversity": 0.9}})
     assert "discriminator wins" in warning and "0.0040" in warning
+    hinge, _ = build(gan_config(tiny_npz, "model.loss=hinge"))
+    assert hinge.epoch_warnings({"train": {"d_loss": 0.015, "diversity": 0.9}}) != []
+    assert hinge.epoch_warnings({"train": {"d_loss": 0.025, "diversity": 0.9}}) == []
 
 
 def test_r1_penalty_matches_direct_computation() -> None:

@@ -50,6 +50,11 @@ __all__ = [
 ]
 
 LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp")
+# the discriminator's loss below which it has won outright, and what that means, per loss
+WON_BELOW = {
+    "hinge": (0.02, "every margin satisfied"),
+    "lsgan": (0.01, "scores on their targets, 1 for real and 0 for generated images"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -504,17 +509,13 @@ class GAN(GenerativeModel):
                     f"and D(G(z)) = {d_fake:.4f} on generated ones for the whole epoch, so the "
                     "generator gets almost no gradient; lower model.lr_d or raise model.lr_g"
                 )
-        if self.config.loss == "hinge" and terms.get("d_loss", 1.0) < 0.02:
-            warnings.append(
-                f"the discriminator wins outright: its hinge loss is {terms['d_loss']:.4f} "
-                "(every margin satisfied); lower model.lr_d or raise model.lr_g"
-            )
-        if self.config.loss == "lsgan" and terms.get("d_loss", 1.0) < 0.01:
-            warnings.append(
-                f"the discriminator wins outright: its least-squares loss is "
-                f"{terms['d_loss']:.4f} (scores on their targets, 1 for real and 0 for generated "
-                "images); lower model.lr_d or raise model.lr_g"
-            )
+        if self.config.loss in WON_BELOW and "d_loss" in terms:
+            limit, meaning = WON_BELOW[self.config.loss]
+            if terms["d_loss"] < limit:
+                warnings.append(
+                    f"the discriminator wins outright: its {self.config.loss} loss is "
+                    f"{terms['d_loss']:.4f} ({meaning}); lower model.lr_d or raise model.lr_g"
+                )
         diversity = terms.get("diversity")
         if diversity is not None and diversity < 0.25:
             warnings.append(
