@@ -1,16 +1,17 @@
 """Epoch by epoch: how a DCGAN's samples improve under the CPU-time budget of gan_vs_vae.py.
 
     nice -n 5 .venv/bin/python bench/gan_epochs.py mnist --out /tmp/gan-epochs/mnist \\
-        --set model.lr_d=4e-4 --extra-ema 0.999
+        --set model.lr_d=4e-4 --extra-ema 0.999 --from-epoch 10
 
 Trains configs/mnist-dcgan.toml (or fashion-dcgan.toml) with --set overrides on --threads torch
 threads until one more epoch would pass --minutes x --threads of the process's CPU time, as the
-bench does. After every epoch it generates 10000 images from the generator being trained ("raw"),
-from its moving average when model.ema > 0 ("ema"), and from the moving averages of any --extra-ema
-decays kept beside the run ("ema0.999"), and prints one JSON line per epoch: each one's class
-shares under latentspace's classifier, their largest deviation from uniform, and FID (latentspace
-classifier features) against the 10000 test images. The measuring is not charged to the budget.
-Lines go to OUT/epochs.jsonl.
+bench does. After every epoch from --from-epoch on, it measures the generator being trained
+("raw"), its moving average when model.ema > 0 ("ema") and the moving averages of any --extra-ema
+decays kept beside the run ("ema0.999"): each gets, on a copy, standing batch-norm statistics
+over 20000 codes (as a finished run does), then generates 20000 images. One JSON line per epoch:
+each generator's class shares under latentspace's classifier, their largest deviation from
+uniform, and FID (latentspace classifier features; the first 10000 images) against the 10000
+test images. The measuring is not charged to the budget. Lines go to OUT/epochs.jsonl.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 import latentspace as ls
 from latentspace.classifier import FeatureNetwork, feature_network
@@ -33,6 +35,8 @@ from latentspace.models.gan import GAN, update_moving_average
 from latentspace.quality import class_distribution, fid_kid, uniform_deviation
 from latentspace.train import StopTraining, Trainer
 
+STANDING = 20000  # codes for each probe's batch-norm statistics
+SAMPLES = 20000  # images per probe: class shares from all, FID from the first 10000
 CONFIGS = {"mnist": "configs/mnist-dcgan.toml", "fashion-mnist": "configs/fashion-dcgan.toml"}
 
 
@@ -46,8 +50,10 @@ class EpochProbe:
         minutes: float,
         extra: list[float],
         log: Path,
+        first: int = 1,
     ) -> None:
         self.network, self.reference = network, reference
+        self.first = first
         self.seconds = minutes * 60
         self.decays = extra
         self.averages: dict[float, nn.Module] = {}
@@ -78,12 +84,19 @@ class EpochProbe:
 
     @torch.no_grad()
     def _samples(self, model: GAN, generator: nn.Module) -> torch.Tensor:
-        model.eval()
+        """SAMPLES images from a copy of `generator` with standing batch-norm statistics over
+        STANDING codes (as the run's own sampling after training; the statistics left by training
+        make the class shares swing by several points between otherwise equal generators)."""
+        generator = copy.deepcopy(generator)
         seeded = torch.Generator().manual_seed(0)
+        batch = model.train_config.batch_size
+        codes = (model.sample_latent(batch, generator=seeded) for _ in range(STANDING // batch))
+        update_bn(codes, generator)
+        generator.eval()
         images = [
-            torch.sigmoid(generator(model.sample_latent(500, generator=seeded))) for _ in range(20)
+            torch.sigmoid(generator(model.sample_latent(1000, generator=seeded)))
+            for _ in range(SAMPLES // 1000)
         ]
-        model.train()
         return torch.cat(images)
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
@@ -102,12 +115,16 @@ class EpochProbe:
         if model.generator_ema is not None:
             generators.append(("ema", model.generator_ema))
         generators += [(f"ema{d:g}", average) for d, average in self.averages.items()]
+        if record["epoch"] < self.first:
+            generators = []
         for name, generator in generators:
             images = self._samples(model, generator)
             shares = class_distribution(images, self.network)
             row[name] = {
                 "deviation": round(uniform_deviation(shares), 3),
-                "fid": round(fid_kid(self.reference, images, self.network, kid_subsets=5)[0], 2),
+                "fid": round(
+                    fid_kid(self.reference, images[:10000], self.network, kid_subsets=5)[0], 2
+                ),
                 "classes": [round(v, 3) for v in shares.tolist()],
             }
         self.measuring += time.process_time() - start
@@ -124,6 +141,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="a new run directory")
     parser.add_argument("--minutes", type=float, default=15.0, help="minutes of training")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--from-epoch", type=int, default=1, help="measure from this epoch on (default 1)"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
         "--extra-ema", default="", help="more moving-average decays to measure, e.g. 0.99,0.999"
@@ -138,7 +158,12 @@ def main() -> None:
     extra = [float(d) for d in args.extra_ema.split(",") if d]
     args.out.mkdir(parents=True, exist_ok=True)
     probe = EpochProbe(
-        network, reference, args.minutes * args.threads, extra, args.out / "epochs.jsonl"
+        network,
+        reference,
+        args.minutes * args.threads,
+        extra,
+        args.out / "epochs.jsonl",
+        args.from_epoch,
     )
     ls.train(config, args.out, callbacks=[probe], quiet=True, diagnostics=False)
 

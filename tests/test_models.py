@@ -3,6 +3,7 @@ tested the moment it is registered)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -43,6 +44,30 @@ def test_model_conforms(name: str, architecture: str, shape: tuple[int, int, int
     assert generated.shape == (4, *shape)
     again = model.generate(4, generator=torch.Generator().manual_seed(1))
     assert torch.equal(generated, again), "generation with the same generator must repeat"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_conv_weights_are_channels_last_and_compute_the_same(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(_config(name, "conv"), (1, 12, 12))
+    kernels = [p for p in model.parameters() if p.dim() == 4]
+    assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    default = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    assert all(p.is_contiguous() for p in default.parameters())
+    model.eval()
+    default.eval()
+    x = torch.rand(5, 1, 12, 12)
+    terms = []
+    for network in (model, default):
+        torch.manual_seed(2)  # the same noise for the VAE's sampled code
+        terms.append(network.validation_step(x))
+    assert terms[0] == pytest.approx(terms[1], rel=1e-5)
+    seeded = [
+        model.generate(4, generator=torch.Generator().manual_seed(1)) for model in (model, default)
+    ]
+    torch.testing.assert_close(*seeded)
+    mlp = build_model(_config(name, "mlp"), (1, 12, 12))
+    assert all(p.is_contiguous() for p in mlp.parameters())
 
 
 @pytest.mark.parametrize("name", list(MODELS))

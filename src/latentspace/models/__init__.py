@@ -3,6 +3,8 @@ moment it is registered."""
 
 from __future__ import annotations
 
+import torch
+
 from latentspace.models.autoencoder import AEConfig, AutoEncoder
 from latentspace.models.base import GenerativeModel
 from latentspace.models.gan import GAN, GANConfig
@@ -30,5 +32,14 @@ MODELS: dict[str, type[GenerativeModel]] = {
 
 
 def build_model(config: object, image_shape: tuple[int, int, int]) -> GenerativeModel:
+    """A new model of the family `config.name`. Convolutional models keep their weights
+    channels-last (NHWC): oneDNN's convolutions then run in that layout, whatever the input's, and
+    training steps of a DCGAN and a conv VAE on the CPU measured 1.1-1.25x faster
+    (bench/memory_format.py).
+    Only the layout changes: the arithmetic and what is saved are the same."""
     name = str(getattr(config, "name", ""))
-    return MODELS[name](config, image_shape)
+    model = MODELS[name](config, image_shape)
+    if getattr(config, "architecture", None) == "conv":
+        # Module.to(memory_format=...) is documented, but not in torch's type stubs
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model
