@@ -99,7 +99,13 @@ def main() -> None:
         "--gan-epochs", type=int, default=None, help="epoch cap for the GAN (default: its config's)"
     )
     parser.add_argument("--vae-epochs", type=int, default=30, help="epoch cap for the VAE")
-    parser.add_argument("-n", type=int, default=10000, help="generated images per model")
+    parser.add_argument(
+        "-n",
+        type=int,
+        default=50000,
+        help="generated images per model (default 50000: the largest class deviation of 10000 "
+        "samples of one generator ranged over 19.8-24.5%% between two sample seeds)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-gan"))
     parser.add_argument(
         "--set",
