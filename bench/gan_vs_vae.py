@@ -10,7 +10,7 @@ epoch would overrun --minutes x --threads of the training process's CPU time (or
 CPU time rather than wall-clock time, so that other jobs on a shared machine do not shorten a
 model's training. CPU time stands for --minutes on --threads cores only while the threads keep
 busy, so the wall-clock time is printed and saved beside it: on the 2-core machine the MNIST
-DCGAN used 29.2 CPU minutes in 14.6 minutes (docs/gans.md). Results are printed and written to
+DCGAN used 30.5 CPU minutes in 15.3 minutes (docs/gans.md). Results are printed and written to
 OUT/results.json; run directories stay in OUT, and a run directory that already exists there is
 reused, not retrained (its CPU time is read from OUT/NAME/bench_time.json).
 """
