@@ -63,7 +63,8 @@ def test_conv_weights_are_channels_last_and_compute_the_same(name: str) -> None:
         terms.append(network.validation_step(x))
     assert terms[0] == pytest.approx(terms[1], rel=1e-5)
     seeded = [
-        model.generate(4, generator=torch.Generator().manual_seed(1)) for model in (model, default)
+        network.generate(4, generator=torch.Generator().manual_seed(1))
+        for network in (model, default)
     ]
     torch.testing.assert_close(*seeded)
     mlp = build_model(_config(name, "mlp"), (1, 12, 12))
