@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import update_bn
 
 import latentspace as ls
 from latentspace.classifier import FeatureNetwork, feature_network
@@ -88,11 +87,10 @@ class EpochProbe:
         STANDING codes (as the run's own sampling after training; the statistics left by training
         make the class shares swing by several points between otherwise equal generators)."""
         generator = copy.deepcopy(generator)
-        seeded = torch.Generator().manual_seed(0)
         batch = model.train_config.batch_size
-        codes = (model.sample_latent(batch, generator=seeded) for _ in range(STANDING // batch))
-        update_bn(codes, generator)
+        model.standing_statistics(STANDING // batch, batch, network=generator)
         generator.eval()
+        seeded = torch.Generator().manual_seed(0)
         images = [
             torch.sigmoid(generator(model.sample_latent(1000, generator=seeded)))
             for _ in range(SAMPLES // 1000)
@@ -111,12 +109,12 @@ class EpochProbe:
             "d_real": round(record["train"]["d_real"], 3),
             "d_fake": round(record["train"]["d_fake"], 3),
         }
-        generators: list[tuple[str, nn.Module]] = [("raw", model.generator)]
-        if model.generator_ema is not None:
-            generators.append(("ema", model.generator_ema))
-        generators += [(f"ema{d:g}", average) for d, average in self.averages.items()]
-        if record["epoch"] < self.first:
-            generators = []
+        generators: list[tuple[str, nn.Module]] = []
+        if record["epoch"] >= self.first:
+            generators.append(("raw", model.generator))
+            if model.generator_ema is not None:
+                generators.append(("ema", model.generator_ema))
+            generators += [(f"ema{d:g}", average) for d, average in self.averages.items()]
         for name, generator in generators:
             images = self._samples(model, generator)
             shares = class_distribution(images, self.network)

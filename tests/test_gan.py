@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -359,6 +360,13 @@ def test_standing_statistics_are_the_mean_over_many_batches(tiny_npz: Path, ema:
     if ema:  # the trained generator keeps its own statistics
         trained = next(m for m in model.generator.modules() if isinstance(m, nn.BatchNorm2d))
         assert not torch.allclose(trained.running_mean, norm.running_mean)
+    # another network (a copy, as bench/gan_epochs.py measures) gets them; the decoder keeps its own
+    other = copy.deepcopy(model.generator)
+    kept = norm.running_mean.clone()
+    model.standing_statistics(batches=3, batch_size=5, network=other)
+    assert torch.equal(norm.running_mean, kept)
+    copied = next(m for m in other.modules() if isinstance(m, nn.BatchNorm2d))
+    assert not torch.allclose(copied.running_mean, kept)
 
 
 def test_moving_average_generator_decodes_and_trails_the_trained_one(tiny_npz: Path) -> None:
