@@ -21,6 +21,7 @@ from latentspace.models import MODELS
 from latentspace.models.gan import (
     GAN,
     MinibatchStd,
+    feature_matching,
     gan_losses,
     gradient_penalty,
     group_spread,
@@ -503,3 +504,42 @@ def test_shipped_dcgan_configs_build(name: str) -> None:
     assert model.generate(2).shape == (2, 1, 28, 28)
     assert config.model.pack == 2  # the discriminator scores pairs of images
     assert model.score(torch.rand(4, 1, 28, 28)).shape == (2,)
+
+
+def test_feature_matching_compares_mean_features_in_their_own_scale() -> None:
+    torch.manual_seed(0)
+    real = torch.randn(256, 20)
+    assert float(feature_matching(real, real)) == 0.0
+    shifted = real + torch.tensor([2.0] + [0.0] * 19)  # one feature's mean moves by 2
+    value = float(feature_matching(shifted, real))
+    assert value == pytest.approx(4.0 / 20 / float(real.var(0).mean()), rel=1e-5)
+    assert float(feature_matching(10 * shifted, 10 * real)) == pytest.approx(value, rel=1e-5)
+    # two halves of one sample differ by sampling noise only: about 2 / 128 of the variance
+    assert float(feature_matching(real[:128], real[128:])) < 3 * 2 / 128 < 0.25 * value
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_feature_matching_reaches_the_generator_only(tiny_npz: Path, architecture: str) -> None:
+    overrides = (f"model.architecture={architecture}", "model.channels=4,8", "model.pack=2")
+    x = torch.rand(8, 1, 12, 12)
+    steps = {}
+    for weight in (0.0, 100.0):
+        torch.manual_seed(0)
+        model, optimizers = build(
+            gan_config(tiny_npz, *overrides, f"model.feature_matching={weight}")
+        )
+        terms = model.training_step(x, optimizers)
+        steps[weight] = (model, terms)
+    (plain, plain_terms), (matched, matched_terms) = steps[0.0], steps[100.0]
+    assert "matching" not in plain_terms and float(matched_terms["matching"]) > 0
+    assert float(matched_terms["g_loss"]) > float(plain_terms["g_loss"])
+    for a, b in zip(
+        plain.discriminator.parameters(), matched.discriminator.parameters(), strict=True
+    ):
+        assert torch.equal(a, b)  # the discriminator's step does not see the term
+    assert any(
+        not torch.allclose(a, b)
+        for a, b in zip(plain.generator.parameters(), matched.generator.parameters(), strict=True)
+    )
+    with pytest.raises(ConfigError, match="model.feature_matching"):
+        gan_config(tiny_npz, "model.feature_matching=-1")

@@ -90,6 +90,8 @@ def test_quality_command_names_its_features(tiny_run: Path, capsys: pytest.Captu
     assert cli.main(["quality", str(tiny_run), "-n", "40"]) == 0
     text = capsys.readouterr().out
     assert "FID (latentspace" in text and "not comparable with published Inception" in text
+    # 40 samples, 4 classes: each share +- 1.96 sqrt(0.25 * 0.75 / 40) = 0.134
+    assert "each share +- 0.1342 at 95% from 40 samples" in text
     saved = [r for r in ls.open_run(tiny_run).metrics if r["kind"] == "quality"]
     assert len(saved) == 2 and saved[0]["fid"] == report["fid"]
 

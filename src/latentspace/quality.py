@@ -11,6 +11,7 @@ training images of the same number.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,15 @@ class QualityReport:
     classes_covered: int | None  # classes with at least half their uniform share
     classifier_accuracy: float | None  # the feature network's held-out accuracy
 
+    @property
+    def share_margin(self) -> float:
+        """Half the 95% interval of a uniform class's share among the generated samples
+        (binomial: 1.96 sqrt(p (1 - p) / n), p = 1 / K); nan without classes."""
+        if not self.classes:
+            return float("nan")
+        p = 1.0 / len(self.classes)
+        return 1.96 * math.sqrt(p * (1.0 - p) / self.n_generated)
+
     def lines(self) -> list[str]:
         """The report in plain words, every score named with its features."""
         f = self.features
@@ -70,6 +80,11 @@ class QualityReport:
             out.append(
                 f"classes of generated samples (uniform = {1 / k:.3f}; {self.classes_covered}/{k} "
                 f"classes with at least half that; largest deviation {self.max_deviation:.0%}):"
+            )
+            margin = self.share_margin
+            out.append(
+                f"  (each share +- {margin:.4f} at 95% from {self.n_generated} samples, so a "
+                f"deviation is known to about +- {margin * k:.0%}; more samples with -n)"
             )
             for name, fake, real in zip(
                 self.classes, self.generated_classes, self.reference_classes, strict=True

@@ -79,6 +79,7 @@ class GANConfig(NetworkConfig):
     minibatch_std: int = 0  # D sees the spread of each group of this many inputs; 0 = off
     r1: float = 0.0  # R1 penalty weight gamma: gamma/2 E||grad_x D(x)||^2 on real images; 0 = off
     r1_every: int = 1  # lazy R1: compute it every this many discriminator steps, weighted by that
+    feature_matching: float = 0.0  # weight of G's mean-feature term (Salimans 2016); 0 = off
 
     def validate(self) -> None:
         super().validate()
@@ -114,6 +115,10 @@ class GANConfig(NetworkConfig):
             raise ConfigError(
                 "model.r1 and model.loss = 'wgan-gp' are two gradient penalties: set model.r1 = 0 "
                 "(or gp_weight for WGAN-GP's own)"
+            )
+        if self.feature_matching < 0:
+            raise ConfigError(
+                f"model.feature_matching = {self.feature_matching} must be 0 or more (0 = off)"
             )
         if self.pack < 1:
             raise ConfigError(f"model.pack = {self.pack} must be at least 1 (1 = no packing)")
@@ -194,6 +199,16 @@ def r1_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tenso
     """mean over the critic's scores of ||grad_x D(x)||^2 on real images x (Mescheder et al. 2018,
     eq. 9, without the gamma / 2); per pack when the critic scores packs of images."""
     return _input_gradients(critic, real).pow(2).sum(dim=1).mean()
+
+
+def feature_matching(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """The squared distance between the mean features of generated and real images, divided by
+    the real features' mean variance (so the weight does not depend on their scale): Salimans et
+    al. 2016, section 3.1, on the discriminator's last hidden layer. (B, F) each; a first moment
+    of the whole batch, so the generator is told when it makes too many of one kind of image,
+    which a per-image score cannot see."""
+    scale = real.var(0).mean().detach().clamp_min(1e-12)
+    return (fake.mean(0) - real.mean(0)).pow(2).mean() / scale
 
 
 @torch.no_grad()
@@ -339,13 +354,22 @@ class GAN(GenerativeModel):
         per m consecutive images, (ceil(B / m),) (PacGAN, Lin et al. 2018: a discriminator that
         sees several samples at once notices when they lack variety, which penalises dropped
         modes). A last incomplete pack is filled with the batch's first images."""
+        return self.discriminator(self._packed(x)).squeeze(1)
+
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
         m = self.config.pack
         if m > 1:
             if len(x) % m:
                 fill = torch.arange(m - len(x) % m, device=x.device) % len(x)
                 x = torch.cat([x, x[fill]])
             x = x.reshape(len(x) // m, m * x.shape[1], *x.shape[2:])
-        return self.discriminator(x).squeeze(1)
+        return x
+
+    def _features_and_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the discriminator's last hidden layer, its score), one row per score."""
+        layers = cast(nn.Sequential, self.discriminator)
+        features = layers[:-1](self._packed(x))
+        return features, layers[-1](features).squeeze(1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The generator: z (B, D) -> images (B, C, H, W) in [0, 1]. With `ema` > 0, the moving
@@ -426,7 +450,8 @@ class GAN(GenerativeModel):
         self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
     ) -> dict[str, torch.Tensor]:
         """d_steps discriminator steps on batch x, then one generator step. Terms: d_loss, g_loss
-        (each with its network's l1/l2 terms), d_real and d_fake (mean D(x), D(G(z)): a
+        (each with its network's l1/l2 terms; g_loss also with feature_matching x matching, the
+        unweighted feature-matching term, logged when on), d_real and d_fake (mean D(x), D(G(z)): a
         probability for the non-saturating loss, the raw score otherwise), gp (unweighted),
         diversity (spread of the generated batch / spread of the real batch; near 0 = collapse),
         l1, l2, and total = d_loss + g_loss, which neither player minimises: it is logged so the
@@ -455,9 +480,16 @@ class GAN(GenerativeModel):
         try:
             with self.autocast():
                 fake = self._fake(self.sample_latent(len(x)))
-                _, g_adv = gan_losses(self.config.loss, real_scores, self.score(fake))
+                if self.config.feature_matching:
+                    fake_features, scores = self._features_and_score(fake)
+                    with torch.no_grad():
+                        real_features = self._features_and_score(x)[0].float()
+                    matching = feature_matching(fake_features.float(), real_features)
+                else:
+                    scores, matching = self.score(fake), torch.zeros((), device=x.device)
+                _, g_adv = gan_losses(self.config.loss, real_scores, scores)
             g_l1, g_l2 = self.penalties(self.generator)
-            g_loss = g_adv + g_l1 + g_l2
+            g_loss = g_adv + self.config.feature_matching * matching + g_l1 + g_l2
             self.optimizer_step(opt_g, g_loss, g_params)
             self._update_ema()
         finally:
@@ -479,7 +511,10 @@ class GAN(GenerativeModel):
             ]
         ).float()
         keys = ("d_loss", "g_loss", "d_real", "d_fake", "gp", "diversity", "l1", "l2", "total")
-        return dict(zip(keys, values, strict=True))
+        logged = dict(zip(keys, values, strict=True))
+        if self.config.feature_matching:
+            logged["matching"] = matching.detach().float()
+        return logged
 
     @torch.no_grad()
     def validation_step(self, x: torch.Tensor) -> dict[str, float]:
