@@ -426,10 +426,12 @@ class GAN(GenerativeModel):
         fake: torch.Tensor,
         generator: torch.Generator | None = None,
         r1_weight: float = 1.0,
-    ) -> tuple[GANLoss, torch.Tensor, torch.Tensor]:
+    ) -> tuple[GANLoss, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The discriminator's loss with its gradient penalty: WGAN-GP's, or R1 scaled by
-        `r1_weight` (lazy R1 passes r1_every on the steps that compute it and 0 on the others)."""
-        real_scores, fake_scores = self.score(x), self.score(fake)
+        `r1_weight` (lazy R1 passes r1_every on the steps that compute it and 0 on the others);
+        then D(x), D(G(z)) and D's last hidden layer on x, detached (for feature matching)."""
+        real_features, real_scores = self._features_and_score(x)
+        fake_scores = self.score(fake)
         d_loss, _ = gan_losses(self.config.loss, real_scores, fake_scores)
         gp = torch.zeros((), device=x.device)
         if self.config.loss == "wgan-gp":
@@ -438,7 +440,8 @@ class GAN(GenerativeModel):
         elif self.config.r1 and r1_weight:
             gp = r1_weight * r1_penalty(self.score, x)
             d_loss = d_loss + 0.5 * self.config.r1 * gp
-        return GANLoss(d_loss, gp), real_scores.detach(), fake_scores.detach()
+        detached = (real_scores.detach(), fake_scores.detach(), real_features.detach())
+        return (GANLoss(d_loss, gp), *detached)
 
     def _mean_outputs(self, scores: torch.Tensor) -> torch.Tensor:
         """D's mean output: a probability for the non-saturating loss, else the raw score."""
@@ -471,7 +474,9 @@ class GAN(GenerativeModel):
                 self._r1_step += 1
                 self.r1_updates.fill_(self._r1_step)
             with self.autocast():
-                terms, real_scores, fake_scores = self._discriminator_loss(x, fake, None, r1_weight)
+                terms, real_scores, fake_scores, real_features = self._discriminator_loss(
+                    x, fake, None, r1_weight
+                )
             d_l1, d_l2 = self.penalties(self.discriminator)
             d_loss = terms.discriminator + d_l1 + d_l2
             self.optimizer_step(opt_d, d_loss, d_params)
@@ -481,10 +486,9 @@ class GAN(GenerativeModel):
             with self.autocast():
                 fake = self._fake(self.sample_latent(len(x)))
                 if self.config.feature_matching:
+                    # the real features of the last discriminator step: no extra forward pass
                     fake_features, scores = self._features_and_score(fake)
-                    with torch.no_grad():
-                        real_features = self._features_and_score(x)[0].float()
-                    matching = feature_matching(fake_features.float(), real_features)
+                    matching = feature_matching(fake_features.float(), real_features.float())
                 else:
                     scores, matching = self.score(fake), torch.zeros((), device=x.device)
                 _, g_adv = gan_losses(self.config.loss, real_scores, scores)
@@ -522,7 +526,7 @@ class GAN(GenerativeModel):
         weights) come from a fixed seed, so epochs are compared on the same draws."""
         seeded = torch.Generator().manual_seed(0)
         fake = self._fake(self.sample_latent(len(x), generator=seeded))
-        terms, real_scores, fake_scores = self._discriminator_loss(x, fake, seeded)
+        terms, real_scores, fake_scores, _ = self._discriminator_loss(x, fake, seeded)
         _, g_loss = gan_losses(self.config.loss, real_scores, fake_scores)
         diversity = _pairwise_spread(fake) / _pairwise_spread(x).clamp_min(1e-8)
         values = torch.stack(
