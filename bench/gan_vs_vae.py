@@ -147,7 +147,7 @@ def main() -> None:
         print(
             f"=== {dataset}: FID ({gan['features']}) DCGAN {gan['fid']:.2f}, VAE {vae['fid']:.2f}, "
             f"floor {gan['floor_fid']:.2f}; DCGAN/VAE = {gan['fid'] / vae['fid']:.3f}; "
-            f"DCGAN classes within {gan['max_deviation']:.0%} of uniform "
+            f"DCGAN classes {gan['max_deviation']:.1%} off uniform at most "
             f"({'meets' if gan['max_deviation'] <= 0.2 else 'misses'} the 20% target)",
             flush=True,
         )

@@ -92,6 +92,9 @@ def test_quality_command_names_its_features(tiny_run: Path, capsys: pytest.Captu
     assert "FID (latentspace" in text and "not comparable with published Inception" in text
     # 40 samples, 4 classes: each share +- 1.96 sqrt(0.25 * 0.75 / 40) = 0.134
     assert "each share +- 0.1342 at 95% from 40 samples" in text
+    # the largest deviation to a tenth of a point (20.4% misses a 20% line), beside the real one
+    real = uniform_deviation(torch.tensor(report["reference_classes"]))
+    assert f"largest deviation {report['max_deviation']:.1%}, real held-out {real:.1%})" in text
     saved = [r for r in ls.open_run(tiny_run).metrics if r["kind"] == "quality"]
     assert len(saved) == 2 and saved[0]["fid"] == report["fid"]
 

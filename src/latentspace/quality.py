@@ -79,7 +79,8 @@ class QualityReport:
             k = len(self.classes)
             out.append(
                 f"classes of generated samples (uniform = {1 / k:.3f}; {self.classes_covered}/{k} "
-                f"classes with at least half that; largest deviation {self.max_deviation:.0%}):"
+                f"classes with at least half that; largest deviation {self.max_deviation:.1%}, "
+                f"real held-out {uniform_deviation(torch.tensor(self.reference_classes)):.1%}):"
             )
             margin = self.share_margin
             out.append(
