@@ -16,7 +16,7 @@ import latentspace as ls
 from latentspace import cli
 from latentspace.config import Config, apply_overrides
 from latentspace.diagnostics import find_layers
-from latentspace.errors import ConfigError
+from latentspace.errors import ConfigError, RunError
 from latentspace.models import MODELS
 from latentspace.models.gan import (
     GAN,
@@ -433,6 +433,22 @@ def test_resume_with_moving_average_equals_uninterrupted(
     assert set(straight) == set(resumed)
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_run_saved_before_the_r1_counter_loads(tiny_npz: Path, tmp_path: Path) -> None:
+    config = gan_config(tiny_npz, "model.r1=1", "model.r1_every=3")
+    ls.train(config, tmp_path / "run", quiet=True)
+    weights = tmp_path / "run" / "model.safetensors"
+    tensors = safetensors.torch.load_file(str(weights))
+    assert int(tensors.pop("r1_updates")) > 0
+    safetensors.torch.save_file(tensors, str(weights), metadata={"epoch": "2"})
+    loaded = ls.load(tmp_path / "run")
+    assert int(loaded.r1_updates) == 0
+    assert torch.equal(loaded.generator[0].weight, tensors["generator.0.weight"])
+    tensors.pop("generator.0.weight")  # a learned weight is never optional
+    safetensors.torch.save_file(tensors, str(weights), metadata={"epoch": "2"})
+    with pytest.raises(RunError, match="missing generator.0.weight"):
+        ls.load(tmp_path / "run")
 
 
 class Capture:

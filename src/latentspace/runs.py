@@ -180,6 +180,8 @@ def _load_weights(run_dir: Path, model: GenerativeModel) -> int:
     except (safetensors.SafetensorError, OSError, ValueError) as error:
         raise RunError(f"{path} cannot be read ({error}); it may be truncated") from None
     expected = model.state_dict()
+    for key in model.optional_state & (set(expected) - set(tensors)):
+        tensors[key] = expected[key]
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]

@@ -52,6 +52,9 @@ class GenerativeModel(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    # buffers added after runs were first saved: a weights file without one loads, and the buffer
+    # keeps its initial value (a counter that only sets a phase, never a learned weight)
+    optional_state: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: Any, image_shape: tuple[int, int, int]) -> None:
         super().__init__()

@@ -308,6 +308,7 @@ class GAN(GenerativeModel):
     name = "gan"
     config_class = GANConfig
     config: GANConfig
+    optional_state = frozenset({"r1_updates"})  # runs saved before it start the lazy R1 phase at 0
     ema_updates: torch.Tensor  # a buffer, only with ema > 0: generator steps averaged so far
     r1_updates: torch.Tensor  # a buffer, only with r1 > 0: discriminator steps taken so far
 
