@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 import latentspace as ls
-from latentspace.classifier import FeatureNetwork, feature_network
+from latentspace.analysis.classifier import FeatureNetwork, feature_network
+from latentspace.analysis.quality import class_distribution, fid_kid, uniform_deviation
 from latentspace.config import apply_overrides, load_config
 from latentspace.data import resolve
 from latentspace.models.gan import GAN, update_moving_average
-from latentspace.quality import class_distribution, fid_kid, uniform_deviation
 from latentspace.train import StopTraining, Trainer
 
 STANDING = 20000  # codes for each probe's batch-norm statistics

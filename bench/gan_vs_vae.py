@@ -28,9 +28,9 @@ import torch
 
 import latentspace as ls
 from latentspace._device import DEFAULT_CPU_THREADS
-from latentspace.classifier import feature_network
+from latentspace.analysis.classifier import feature_network
+from latentspace.analysis.quality import QualityReport, evaluate_quality
 from latentspace.config import apply_overrides, load_config
-from latentspace.quality import QualityReport, evaluate_quality
 from latentspace.train import StopTraining, Trainer
 
 CONFIGS = {"mnist": "configs/mnist-dcgan.toml", "fashion-mnist": "configs/fashion-dcgan.toml"}

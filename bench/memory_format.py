@@ -32,8 +32,8 @@ MODELS = {
 
 def build(config: Config, layout: torch.memory_format) -> tuple[GenerativeModel, list]:
     torch.manual_seed(0)
-    model = build_model(config.model, (1, 28, 28)).to(memory_format=layout)
-    optimizers = model.configure_optimizers(config.train)
+    model = build_model(config.model, (1, 28, 28), config.train).to(memory_format=layout)
+    optimizers = model.configure_optimizers()
     model.train()
     return model, optimizers
 

@@ -199,7 +199,7 @@ def speed_phase(args: argparse.Namespace) -> None:
     import torch
 
     from latentspace import open_run
-    from latentspace.evaluate import evaluate
+    from latentspace.analysis.evaluate import evaluate
 
     torch.set_num_threads(1)
     for hidden in args.shapes.split(";"):

@@ -263,7 +263,7 @@ def test_train_no_diagnostics_flag(tmp_path: Path, tiny_npz: Path) -> None:
 
 
 def test_run_report_shows_diagnostics(tiny_run: Path) -> None:
-    from latentspace.report import write_report
+    from latentspace.analysis.report import write_report
 
     page = write_report(tiny_run).read_text()
     assert "<h2>Training diagnostics</h2>" in page

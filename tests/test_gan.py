@@ -43,9 +43,9 @@ def gan_config(tiny_npz: Path, *overrides: str) -> Config:
 
 
 def build(config: Config) -> tuple[GAN, list[torch.optim.Optimizer]]:
-    model = MODELS["gan"](config.model, (1, 12, 12))
+    model = MODELS["gan"](config.model, (1, 12, 12), config.train)
     assert isinstance(model, GAN)
-    return model, model.configure_optimizers(config.train)
+    return model, model.configure_optimizers()
 
 
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])

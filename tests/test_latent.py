@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from latentspace import latent
+from latentspace.analysis import latent
 from latentspace.cli import main
 
 

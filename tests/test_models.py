@@ -27,8 +27,8 @@ def _config(name: str, architecture: str) -> object:
 @pytest.mark.parametrize("shape", SHAPES)
 def test_model_conforms(name: str, architecture: str, shape: tuple[int, int, int]) -> None:
     torch.manual_seed(0)
-    model = build_model(_config(name, architecture), shape)
-    optimizers = model.configure_optimizers(TrainConfig(lr=1e-3))
+    model = build_model(_config(name, architecture), shape, TrainConfig(lr=1e-3))
+    optimizers = model.configure_optimizers()
     x = torch.rand(5, *shape)
     terms = model.training_step(x, optimizers)
     assert "total" in terms
@@ -76,7 +76,7 @@ def test_training_step_changes_parameters(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(_config(name, "mlp"), (1, 8, 8))
     before = [p.detach().clone() for p in model.parameters()]
-    model.training_step(torch.rand(8, 1, 8, 8), model.configure_optimizers(TrainConfig()))
+    model.training_step(torch.rand(8, 1, 8, 8), model.configure_optimizers())
     changed = [not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True)]
     assert all(changed), "every parameter should receive a gradient step"
 
@@ -93,8 +93,8 @@ def test_kl_matches_torch_distributions() -> None:
 @pytest.mark.parametrize("name", ["ae", "vae"])
 def test_overfits_one_batch(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model(_config(name, "mlp"), (1, 8, 8))
-    optimizers = model.configure_optimizers(TrainConfig(lr=1e-2))
+    model = build_model(_config(name, "mlp"), (1, 8, 8), TrainConfig(lr=1e-2))
+    optimizers = model.configure_optimizers()
     x = (torch.rand(8, 1, 8, 8) > 0.5).float()
     first = model.validation_step(x)["reconstruction"]
     for _ in range(300):
@@ -106,8 +106,8 @@ def test_overfits_one_batch(name: str) -> None:
 @pytest.mark.parametrize("name", ["ae", "vae", "gan"])
 def test_bf16_mixed_precision_trains_with_float32_weights(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model(_config(name, "mlp"), (1, 8, 8))
-    optimizers = model.configure_optimizers(TrainConfig(lr=1e-2, precision="bf16"))
+    model = build_model(_config(name, "mlp"), (1, 8, 8), TrainConfig(lr=1e-2, precision="bf16"))
+    optimizers = model.configure_optimizers()
     x = (torch.rand(8, 1, 8, 8) > 0.5).float()
     with model.autocast():
         assert model.decode(model.sample_latent(2)).dtype == torch.bfloat16
@@ -141,8 +141,8 @@ def test_kl_warmup_ramps_the_weight() -> None:
 
 
 def test_l1_l2_penalties_enter_the_loss() -> None:
-    model = VAE(VAEConfig(latent_dim=2, hidden_sizes=(8,)), (1, 6, 6))
-    optimizers = model.configure_optimizers(TrainConfig(l1=1e-3, l2=1e-2))
+    model = VAE(VAEConfig(latent_dim=2, hidden_sizes=(8,)), (1, 6, 6), TrainConfig(l1=1e-3, l2=1e-2))
+    optimizers = model.configure_optimizers()
     terms = {
         k: float(v) for k, v in model.training_step(torch.rand(4, 1, 6, 6), optimizers).items()
     }

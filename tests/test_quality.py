@@ -12,9 +12,9 @@ import torch
 import latentspace as ls
 from conftest import make_images
 from latentspace import cli
-from latentspace.classifier import FeatureNetwork, cache_paths, feature_network
+from latentspace.analysis.classifier import FeatureNetwork, cache_paths, feature_network
+from latentspace.analysis.quality import class_distribution, fid_kid, uniform_deviation
 from latentspace.errors import DataError
-from latentspace.quality import class_distribution, fid_kid, uniform_deviation
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentspace import report
+from latentspace.analysis import report
+from latentspace.analysis.report import write_report
 from latentspace.cli import main
-from latentspace.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FIGURES = ["losses", "reconstructions", "samples", "interpolation", "traversal", "latent-map"]

@@ -12,9 +12,10 @@ import torch
 import latentspace as ls
 from latentspace import runs
 from latentspace.config import Config, apply_overrides
+from latentspace.data import prepare_data
 from latentspace.errors import RunError, TrainingDiverged
 from latentspace.models import build_model
-from latentspace.train import StopTraining, Trainer, prepare_data
+from latentspace.train import StopTraining, Trainer
 
 
 def test_run_directory_contents(tiny_run: Path) -> None:
@@ -105,7 +106,7 @@ def test_reading_losses_every_few_steps_gives_the_same_epoch(
     for every in (1, 3):
         train_set, val_set = prepare_data(tiny_config)
         torch.manual_seed(0)
-        model = build_model(tiny_config.model, train_set.image_shape)
+        model = build_model(tiny_config.model, train_set.image_shape, tiny_config.train)
         trainer = Trainer(
             model, train_set, val_set, tiny_config, tmp_path / f"e{every}", quiet=True
         )
@@ -117,7 +118,7 @@ def test_reading_losses_every_few_steps_gives_the_same_epoch(
     )
     train_set, val_set = prepare_data(config)
     trainer = Trainer(
-        build_model(config.model, train_set.image_shape), train_set, val_set, config,
+        build_model(config.model, train_set.image_shape, config.train), train_set, val_set, config,
         tmp_path / "boom", quiet=True,
     )  # fmt: skip
     trainer.check_every = 3
@@ -128,7 +129,7 @@ def test_reading_losses_every_few_steps_gives_the_same_epoch(
 def test_early_stopping_counts_patience(tmp_path: Path, tiny_config: Config) -> None:
     config = apply_overrides(tiny_config, ["train.patience=2", "train.min_delta=0.5"])
     train_set, val_set = prepare_data(config)
-    model = build_model(config.model, train_set.image_shape)
+    model = build_model(config.model, train_set.image_shape, config.train)
     trainer = Trainer(model, train_set, val_set, config, tmp_path / "es", quiet=True)
     for epoch, value in enumerate([10.0, 9.0, 8.8, 9.5], start=1):
         trainer.epoch = epoch
@@ -197,7 +198,7 @@ def test_loading_never_unpickles(tiny_run: Path) -> None:
     torch.save({"epoch": 2, "evil": Evil()}, tiny_run / "trainer_state.pt")
     run = ls.open_run(tiny_run)
     with pytest.raises(RunError, match="cannot be read"):
-        runs.read_trainer_state(tiny_run, build_model(run.config.model, run.image_shape))
+        runs.read_trainer_state(tiny_run, build_model(run.config.model, run.image_shape, run.config.train))
 
 
 def test_run_files_get_the_usual_permissions(tiny_run: Path) -> None:

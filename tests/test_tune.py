@@ -299,7 +299,7 @@ def test_interrupted_or_killed_study_resumes_to_the_requested_count(
 def test_nll_objective_is_the_runs_importance_weighted_nll(
     tmp_path: Path, tiny_config: Config, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from latentspace.evaluate import evaluate
+    from latentspace.analysis.evaluate import evaluate
     from latentspace.tune.study import NLL_SAMPLES
 
     base, space_path = _write(tmp_path, tiny_config)

@@ -22,6 +22,7 @@ from latentspace.config import (
     DataConfig,
     TrainConfig,
     apply_overrides,
+    default_config,
     load_config,
 )
 from latentspace.data import ImageSet, resolve
@@ -66,22 +67,3 @@ __all__ = [
     "resolve",
     "train",
 ]
-
-
-def default_config(model: str = "vae", **overrides: object) -> Config:
-    """A Config with every default, for the model family `model`; keyword overrides name a field
-    of any section (`dataset="fashion-mnist"`, `lr=3e-4`, `latent_dim=2`)."""
-    config = apply_overrides(Config(model=MODELS[model].config_class()), [])
-    items = []
-    sections = {"data": config.data, "train": config.train, "model": config.model}
-    for key, value in overrides.items():
-        owners = [s for s, obj in sections.items() if hasattr(obj, key) and key != "name"]
-        if len(owners) != 1:
-            problem = "is ambiguous (data.channels or model.channels?)" if owners else "is unknown"
-            raise LatentspaceError(
-                f"default_config: setting {key!r} {problem}; use "
-                "apply_overrides(config, ['section.key=value'])"
-            )
-        text = ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
-        items.append(f"{owners[0]}.{key}={text}")
-    return apply_overrides(config, items)

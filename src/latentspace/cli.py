@@ -24,7 +24,7 @@ COMMAND_MODULES = (
     "latentspace.commands.use",
     "latentspace.commands.data",
     "latentspace.commands.tune",
-    "latentspace.commands.gan",
+    "latentspace.commands.quality",
     "latentspace.commands.explore",
     "latentspace.commands.diagnose",
 )

@@ -58,7 +58,7 @@ def main() -> int:
         f"reconstructions: {reconstructions} (rows of originals, each followed by its "
         "reconstructions)"
     )
-    from latentspace.report import write_report
+    from latentspace.analysis.report import write_report
 
     print(f"report:          {write_report(OUT)}  (open it in a browser)")
     return 0

@@ -207,7 +207,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Gener
 def open_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     run_dir = Path(run_dir)
     config, image_shape, info = _read_config(run_dir)
-    model = build_model(config.model, image_shape)
+    model = build_model(config.model, image_shape, config.train)
     _load_weights(run_dir, model)
     model.to(device).eval()
     return Run(path=run_dir, config=config, image_shape=image_shape, model=model, info=info)

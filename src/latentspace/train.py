@@ -22,11 +22,11 @@ from tqdm import tqdm
 from latentspace import runs
 from latentspace._device import configure_threads, select_device
 from latentspace.config import Config, TrainConfig
-from latentspace.data import Batches, ImageSet, binarize_static, resolve
-from latentspace.errors import RunError, TrainingDiverged
+from latentspace.data import Batches, ImageSet, prepare_data
+from latentspace.errors import ConfigError, RunError, TrainingDiverged
 from latentspace.models import GenerativeModel, build_model
 
-__all__ = ["Callback", "StopTraining", "Trainer", "average_terms", "prepare_data", "train"]
+__all__ = ["Callback", "StopTraining", "Trainer", "average_terms", "train"]
 
 # Data larger than this stays in host memory and is copied to the GPU batch by batch.
 _MAX_DEVICE_BYTES = 2 * 1024**3
@@ -53,19 +53,6 @@ def _call(callbacks: Sequence[object], hook: str, *args: Any) -> None:
         method = getattr(callback, hook, None)
         if method is not None:
             method(*args)
-
-
-def prepare_data(config: Config) -> tuple[ImageSet, ImageSet | None]:
-    """Resolve the dataset, apply limit and static binarization, and hold out validation images."""
-    data = config.data
-    images = resolve(data.dataset, size=data.size, channels=data.channels, strict=data.strict)
-    if data.limit is not None:
-        images = images.head(data.limit)
-    if data.binarize == "static":
-        images = dataclasses.replace(
-            images, images=binarize_static(images.images, config.train.seed)
-        )
-    return images.split(data.val_fraction, config.train.seed)
 
 
 def _make_scheduler(
@@ -127,6 +114,17 @@ class Trainer:
         quiet: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        if model.train_config != config.train:
+            raise ConfigError(
+                "the model was built with other training settings than the trainer was given: "
+                "build it with build_model(config.model, image_shape, config.train)"
+            )
+        if config.train.patience and model.monitor is None:
+            raise ConfigError(
+                f"train.patience = {config.train.patience}: a {model.name} model has no "
+                "validation loss to stop early on (its players' losses are not minimised "
+                "together); set train.patience = 0 and judge samples with `latentspace quality`"
+            )
         self.config = config
         self.train_config = config.train
         self.run_dir = run_dir
@@ -160,7 +158,7 @@ class Trainer:
                 device=self.device,
             )
         )
-        self.optimizers = model.configure_optimizers(config.train)
+        self.optimizers = model.configure_optimizers()
         self.schedulers = [_make_scheduler(o, config.train) for o in self.optimizers]
         self.epoch = 0  # epochs completed
         self.best_val = math.inf
@@ -296,7 +294,8 @@ class Trainer:
                 self.train_config.seed + 1
             )  # same draw each epoch
             record["val"] = average_terms(model, self.val_batches)
-            self._early_stopping(record["val"]["total"])
+            if model.monitor is not None:
+                self._early_stopping(record["val"][model.monitor])
         return record
 
     def _early_stopping(self, val_total: float) -> None:
@@ -378,7 +377,7 @@ def train(
             f"{run_dir} was trained on {image_shape} images but {config.data.dataset} "
             f"now gives {train_set.image_shape}"
         )
-    model = build_model(config.model, train_set.image_shape)
+    model = build_model(config.model, train_set.image_shape, config.train)
     extra = {
         "classes": train_set.classes,
         "train_images": len(train_set),

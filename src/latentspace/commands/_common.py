@@ -1,21 +1,17 @@
-"""Helpers shared by CLI commands: inputs resolved against a run, batched model calls."""
+"""Helpers shared by CLI commands: inputs resolved against a run."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-
-import torch
 
 from latentspace._device import configure_threads, select_device
-from latentspace.data import ImageSet, resolve, to_float
+from latentspace.data import ImageSet, resolve
 from latentspace.errors import DataError
 from latentspace.runs import Run, open_run
 
 __all__ = [
     "add_device_arguments",
     "add_override_argument",
-    "batched",
     "load_input",
     "open_run_for_use",
 ]
@@ -56,18 +52,3 @@ def load_input(spec: str, run: Run, limit: int | None = None) -> ImageSet:
             f"{run.image_shape}"
         )
     return images
-
-
-@torch.no_grad()
-def batched(
-    function: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    device: torch.device,
-    batch_size: int = 500,
-) -> torch.Tensor:
-    """Apply `function` to uint8 images in batches (as floats in [0, 1]); results on the CPU."""
-    outputs = [
-        function(to_float(images[i : i + batch_size].to(device))).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(outputs)

@@ -9,10 +9,9 @@ from typing import Any
 
 import torch
 
-from latentspace import latent
-from latentspace.commands._common import add_device_arguments, batched, load_input, open_run_for_use
-from latentspace.data import load_image, to_float
-from latentspace.data.datasets import DATASETS
+from latentspace.analysis import latent
+from latentspace.commands._common import add_device_arguments, load_input, open_run_for_use
+from latentspace.data import batched, load_image, named_dataset, split_reference, to_float
 from latentspace.errors import ConfigError, DataError
 from latentspace.imaging import save_grid
 from latentspace.runs import Run, append_metrics
@@ -113,10 +112,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def load_one(spec: str, run: Run) -> tuple[torch.Tensor, str]:
     """One image for `run`: `dataset:split:index` (or `folder:index`, `file.npz:index`) or an
     image file. Returns (1, C, H, W) uint8 and a short description."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and tail.lstrip("-").isdigit() and head:
+    reference = split_reference(spec)
+    if reference is not None:
+        head, index = reference
         images = load_input(head, run)
-        index = int(tail)
         if not 0 <= index < len(images):
             raise DataError(
                 f"index {index} in {spec} is out of range: {images.source} has {len(images)} "
@@ -164,7 +163,7 @@ _ENCODE_BUDGET_S = 300.0  # map and neighbours refuse work that would take longe
 def _encode(run: Run, images: torch.Tensor) -> torch.Tensor:
     model = run.model
     if len(images) > 2:  # an encoder that is an optimisation (GAN inversion) is slow: say so
-        from latentspace.evaluate import affordable_encodes
+        from latentspace.analysis.evaluate import affordable_encodes
 
         with torch.no_grad():
             probe = to_float(images[:2].to(model.device))
@@ -186,7 +185,7 @@ def _encode(run: Run, images: torch.Tensor) -> torch.Tensor:
 
 # ---- commands ---------------------------------------------------------------------------------
 def run_evaluate(args: argparse.Namespace) -> int:
-    from latentspace.evaluate import evaluate
+    from latentspace.analysis.evaluate import evaluate
 
     if args.nll_samples is not None and args.nll_samples < 0:
         raise ConfigError(f"--nll-samples {args.nll_samples} must be 0 or more")
@@ -203,7 +202,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     record["threads"] = torch.get_num_threads()
     report = None
     if args.fid is not None:
-        from latentspace.quality import evaluate_quality
+        from latentspace.analysis.quality import evaluate_quality
 
         quiet = args.json  # the output must stay one JSON object
         log = (lambda line: None) if quiet else print
@@ -277,7 +276,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
 def run_traverse(args: argparse.Namespace) -> int:
     if args.steps < 2:
         raise ConfigError(f"--steps {args.steps}: a traversal needs at least 2")
-    from latentspace.report import prior_moments, traversal_images
+    from latentspace.analysis.report import prior_moments, traversal_images
 
     run = open_run_for_use(args)
     dims = parse_dims(args.dims, run.model.latent_dim)
@@ -301,7 +300,7 @@ def _short(dims: list[int]) -> str:
 
 
 def run_map(args: argparse.Namespace) -> int:
-    from latentspace.report import latent_map
+    from latentspace.analysis.report import latent_map
 
     run = open_run_for_use(args)
     spec = args.dataset or run.config.data.dataset
@@ -319,8 +318,8 @@ def run_neighbours(args: argparse.Namespace) -> int:
     run = open_run_for_use(args)
     query, name = load_one(args.query, run)
     data = run.config.data.dataset
-    base = data.partition(":")[0]
-    spec = args.dataset or (f"{base}:train" if base in DATASETS else data)
+    named = named_dataset(data)
+    spec = args.dataset or (f"{named}:train" if named is not None else data)
     pool = load_input(spec, run, args.limit)
     codes = _encode(run, pool.images)
     query_code = _encode(run, query)
@@ -339,7 +338,7 @@ def run_neighbours(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from latentspace.report import write_report
+    from latentspace.analysis.report import write_report
 
     open_run_for_use(args)  # fails early, in one line, on a run that cannot be opened
     path = write_report(args.run, device=args.device)

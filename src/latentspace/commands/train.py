@@ -9,42 +9,76 @@ from pathlib import Path
 from latentspace.commands._common import add_override_argument
 from latentspace.config import Config, apply_overrides, load_config
 from latentspace.errors import ConfigError
-from latentspace.models import MODELS
+from latentspace.models import DEFAULT_MODEL, MODELS
+from latentspace.settings import CHOICES, DataConfig, TrainConfig
 from latentspace.train import train
 
-__all__ = ["config_from_args", "register"]
+__all__ = ["FLAGS", "add_config_flags", "config_from_args", "register"]
 
-# flag -> config key; each is shorthand for --set KEY=VALUE
-FLAGS = {
-    "model": "model.name",
-    "dataset": "data.dataset",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "latent_dim": "model.latent_dim",
-    "hidden": "model.hidden_sizes",
-    "activation": "model.activation",
-    "l1": "train.l1",
-    "l2": "train.l2",
-    "optimizer": "train.optimizer",
-    "seed": "train.seed",
-    "threads": "train.threads",
-    "device": "train.device",
-    "precision": "train.precision",
-    "size": "data.size",
+# The shorthand flags, declared once: flag -> (config key, help). Each is `--set KEY=VALUE`:
+# its value is parsed and checked by the config field's own type, its choices are the field's
+# (settings.CHOICES, or the registered families) and its default is the dataclass's.
+FLAGS: dict[str, tuple[str, str]] = {
+    "model": ("model.name", "model family"),
+    "dataset": (
+        "data.dataset",
+        "dataset name (`latentspace data list`), image folder, or .npy/.npz",
+    ),
+    "epochs": ("train.epochs", "passes over the training images"),
+    "batch_size": ("train.batch_size", "images per optimisation step"),
+    "lr": ("train.lr", "learning rate"),
+    "latent_dim": ("model.latent_dim", "dimensions of the code"),
+    "hidden": ("model.hidden_sizes", "neurons per hidden layer, e.g. 512,256"),
+    "activation": ("model.activation", "relu, sigmoid, tanh, leaky_relu, gelu, silu"),
+    "l1": ("train.l1", "L1 penalty coefficient on the weights"),
+    "l2": ("train.l2", "L2 penalty coefficient on the weights"),
+    "optimizer": ("train.optimizer", "optimizer"),
+    "seed": ("train.seed", "seed of weights, batches and sampling"),
+    "threads": ("train.threads", "torch threads (0: latentspace's measured default)"),
+    "device": ("train.device", "where to train"),
+    "precision": (
+        "train.precision",
+        "bf16: mixed precision (matrix products in bfloat16, weights and losses in float32); "
+        "faster on GPUs and CPUs with bf16 units",
+    ),
+    "size": ("data.size", "image folders: resize to SIZE x SIZE"),
 }
+
+
+def _choices(key: str) -> tuple[str, ...] | None:
+    return tuple(MODELS) if key == "model.name" else CHOICES.get(key)
+
+
+def _default(key: str) -> object:
+    section, _, field = key.partition(".")
+    owner = {
+        "data": DataConfig(),
+        "train": TrainConfig(),
+        "model": MODELS[DEFAULT_MODEL].config_class(),
+    }
+    value = getattr(owner[section], field)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One argparse flag per FLAGS entry (`--batch-size` for batch_size)."""
+    for flag, (key, help) in FLAGS.items():
+        choices = _choices(key)
+        parser.add_argument(
+            f"--{flag.replace('_', '-')}",
+            dest=flag,
+            choices=choices,
+            metavar=None if choices else flag.upper(),
+            help=f"{help} ({key}; default {_default(key)})",
+        )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a model into a run directory",
-        description="Train an AE or VAE. Settings come from the defaults, then --config, then the "
-        "flags below, then --set, each overriding the one before.",
-    )
-    parser.add_argument("--model", choices=list(MODELS), help="model family (default: vae)")
-    parser.add_argument(
-        "--dataset", help="dataset name (mnist, fashion-mnist), image folder, or .npy/.npz"
+        description=f"Train a model ({', '.join(MODELS)}). Settings come from the defaults, then "
+        "--config, then the flags below, then --set, each overriding the one before.",
     )
     parser.add_argument("--out", type=Path, help="run directory to create")
     parser.add_argument("--config", type=Path, help="TOML file with [data], [model], [train]")
@@ -55,24 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="continue an interrupted run (only --epochs may change)",
     )
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float, help="learning rate")
-    parser.add_argument("--latent-dim", type=int)
-    parser.add_argument("--hidden", metavar="512,256", help="neurons per hidden layer")
-    parser.add_argument("--activation", help="relu, sigmoid, tanh, leaky_relu, gelu, silu")
-    parser.add_argument("--l1", type=float, help="L1 penalty coefficient on the weights")
-    parser.add_argument("--l2", type=float, help="L2 penalty coefficient on the weights")
-    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--threads", type=int, help="torch threads (default: 1 on CPU, measured)")
-    parser.add_argument("--device", help="auto | cpu | cuda | mps")
-    parser.add_argument(
-        "--precision",
-        help="fp32 | bf16: bf16 mixed precision (matrix products in bfloat16, weights and losses "
-        "in float32); faster on GPUs and CPUs with bf16 units",
-    )
-    parser.add_argument("--size", type=int, help="image folders: resize to SIZE x SIZE")
+    add_config_flags(parser)
     parser.add_argument(
         "--strict", action="store_true", help="image folders: unreadable files are an error"
     )
@@ -89,19 +106,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     from latentspace import default_config
 
-    config = load_config(args.config) if args.config else default_config("vae")
+    config = load_config(args.config) if args.config else default_config(DEFAULT_MODEL)
     overrides = [
-        f"{key}={_text(getattr(args, flag))}"
-        for flag, key in FLAGS.items()
+        f"{key}={getattr(args, flag)}"
+        for flag, (key, _) in FLAGS.items()
         if getattr(args, flag, None) is not None
     ]
     if getattr(args, "strict", False):
         overrides.append("data.strict=true")
     return apply_overrides(config, [*overrides, *args.overrides])
-
-
-def _text(value: object) -> str:
-    return str(value)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -153,7 +166,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _write_report(run_dir: Path, quiet: bool) -> None:
     """The report never fails a finished training run: a problem becomes one warning line."""
-    from latentspace.report import write_report
+    from latentspace.analysis.report import write_report
 
     try:
         path = write_report(run_dir)

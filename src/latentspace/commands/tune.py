@@ -12,6 +12,7 @@ from typing import Any
 from latentspace.commands._common import add_override_argument
 from latentspace.config import apply_overrides, load_config
 from latentspace.errors import ConfigError
+from latentspace.models import DEFAULT_MODEL
 from latentspace.runs import atomic_write
 
 __all__ = ["register"]
@@ -36,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "again resumes the study up to --trials. Results: DIR/best.toml, trials.csv, best-run/, "
         "tune-report.html. See docs/tuning.md.",
     )
-    parser.add_argument("--config", type=Path, help="base config TOML (default: the VAE defaults)")
+    parser.add_argument(
+        "--config", type=Path, help=f"base config TOML (default: the {DEFAULT_MODEL} defaults)"
+    )
     parser.add_argument("--space", type=Path, help="space TOML overriding the default space")
     parser.add_argument("--study", help="study name (default: the name of --out)")
     parser.add_argument("--out", type=Path, required=True, help="directory for the study's results")
@@ -114,7 +117,7 @@ def run_tune(args: argparse.Namespace) -> int:
     from latentspace.tune.study import _quiet_optuna_warnings, _safe_url, options_for
     from latentspace.tune.workers import run_study
 
-    base = load_config(args.config) if args.config else default_config("vae")
+    base = load_config(args.config) if args.config else default_config(DEFAULT_MODEL)
     base = apply_overrides(base, args.overrides)
     space_raw: dict[str, Any] = {}
     space_source = "default space"

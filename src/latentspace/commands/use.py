@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentspace.commands._common import add_device_arguments, batched, load_input, open_run_for_use
+from latentspace.commands._common import add_device_arguments, load_input, open_run_for_use
+from latentspace.data import batched
 from latentspace.errors import DataError
 from latentspace.imaging import save_grid, save_images
 from latentspace.runs import atomic_write
@@ -142,13 +143,7 @@ def _write_images(images: torch.Tensor, out: Path) -> str:
 def run_decode(args: argparse.Namespace) -> int:
     run = open_run_for_use(args)
     codes = torch.from_numpy(_read_codes(args.codes, run.model.latent_dim).astype(np.float32))
-    with torch.no_grad():
-        images = torch.cat(
-            [
-                run.model.decode(codes[i : i + 500].to(run.model.device)).cpu()
-                for i in range(0, len(codes), 500)
-            ]
-        )
+    images = batched(run.model.decode, codes, run.model.device)
     print(f"decoded {_write_images(images, args.out)}")
     return 0
 

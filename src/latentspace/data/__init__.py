@@ -8,21 +8,37 @@ from latentspace.data.batches import Batches, binarize_static, to_float
 from latentspace.data.datasets import DATASETS, data_home, dataset_status, fetch, load_named
 from latentspace.data.files import load_array, load_folder, load_image
 from latentspace.data.imageset import ImageSet
+from latentspace.data.prepare import (
+    BATCH,
+    HeldOut,
+    batched,
+    held_out,
+    named_dataset,
+    prepare_data,
+    split_reference,
+)
 from latentspace.errors import DataError
 
 __all__ = [
+    "BATCH",
     "DATASETS",
     "Batches",
+    "HeldOut",
     "ImageSet",
+    "batched",
     "binarize_static",
     "data_home",
     "dataset_status",
     "fetch",
+    "held_out",
     "load_array",
     "load_folder",
     "load_image",
     "load_named",
+    "named_dataset",
+    "prepare_data",
     "resolve",
+    "split_reference",
     "to_float",
 ]
 

@@ -154,9 +154,9 @@ class Trial:
         (eval mode, after the last epoch, fixed seed), so that val - this is a fair gap."""
         import torch
 
-        from latentspace.data import Batches
+        from latentspace.data import Batches, prepare_data
         from latentspace.runs import open_run
-        from latentspace.train import average_terms, prepare_data
+        from latentspace.train import average_terms
 
         if self.diverged:
             return math.inf
@@ -207,9 +207,15 @@ def base_config(ctx: Context, n_train: int, n_val: int, epochs: int, **changes: 
     """The held-constant setup: an MLP VAE (512, 256, latent 16), Adam 1e-3, batch 128, one thread,
     the first n_train + n_val training images of the dataset, of which n_val are held out."""
     import latentspace as ls
+    from latentspace.models import DEFAULT_MODEL
 
     config = ls.default_config(
-        "vae", dataset=ctx.dataset, epochs=max(1, epochs), device="cpu", threads=1, seed=ctx.seed
+        DEFAULT_MODEL,
+        dataset=ctx.dataset,
+        epochs=max(1, epochs),
+        device="cpu",
+        threads=1,
+        seed=ctx.seed,
     )
     total = n_train + n_val
     overrides = [f"data.limit={total}", f"data.val_fraction={n_val / total}"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from latentspace import html
-from latentspace.data import to_float
+from latentspace.data import prepare_data, to_float
 from latentspace.experiments._common import (
     Check,
     Context,
@@ -22,8 +22,8 @@ from latentspace.experiments._common import (
     line_plot,
     run_trial,
 )
+from latentspace.models import GenerativeModel
 from latentspace.runs import load_model
-from latentspace.train import prepare_data
 
 SIZES = (16, 64, 256, 1024)
 
@@ -56,7 +56,7 @@ def checks_for(
     ]
 
 
-def forward_bytes(model: nn.Module, x: torch.Tensor) -> int:
+def forward_bytes(model: GenerativeModel, x: torch.Tensor) -> int:
     """Bytes of every tensor the model's leaf modules produce in one training forward pass."""
     total = 0
 
@@ -67,7 +67,7 @@ def forward_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
-        model.loss(x)  # type: ignore[operator]
+        model.loss(x)
     finally:
         for h in handles:
             h.remove()
@@ -75,7 +75,7 @@ def forward_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def gradient_noise(
-    model: nn.Module, images: torch.Tensor, sizes: tuple[int, ...]
+    model: GenerativeModel, images: torch.Tensor, sizes: tuple[int, ...]
 ) -> dict[int, float]:
     """E|g_B - G|^2 / |G|^2 for each batch size B, G the gradient over all `images` (uint8).
     B times this is the simple gradient-noise scale of McCandlish et al. 2018 (for B << N)."""
@@ -83,7 +83,7 @@ def gradient_noise(
 
     def gradient(x: torch.Tensor) -> torch.Tensor:
         model.zero_grad(set_to_none=True)
-        model.loss(x).total.backward()  # type: ignore[operator]
+        model.loss(x).total.backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
     chunks = [to_float(images[i : i + 512]) for i in range(0, len(images), 512)]

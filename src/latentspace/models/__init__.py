@@ -10,8 +10,10 @@ from latentspace.models.base import GenerativeModel
 from latentspace.models.gan import GAN, GANConfig
 from latentspace.models.layers import NetworkConfig
 from latentspace.models.vae import VAE, VAEConfig
+from latentspace.settings import TrainConfig
 
 __all__ = [
+    "DEFAULT_MODEL",
     "GAN",
     "MODELS",
     "VAE",
@@ -29,16 +31,20 @@ MODELS: dict[str, type[GenerativeModel]] = {
     "vae": VAE,
     "gan": GAN,
 }
+DEFAULT_MODEL = "vae"  # the family a config without model.name trains
 
 
-def build_model(config: object, image_shape: tuple[int, int, int]) -> GenerativeModel:
-    """A new model of the family `config.name`. Convolutional models keep their weights
+def build_model(
+    config: object, image_shape: tuple[int, int, int], train: TrainConfig | None = None
+) -> GenerativeModel:
+    """A new model of the family `config.name`, for (C, H, W) images, that trains as `train`
+    says (default `TrainConfig()`). Convolutional models keep their weights
     channels-last (NHWC): oneDNN's convolutions then run in that layout, whatever the input's.
     On the CPU, training steps ran 1.04-1.30x as fast for the MNIST DCGAN and 1.14-1.35x for a
     conv VAE (bench/memory_format.py, four runs on 1 and 2 threads). Only the layout changes:
     outputs match to float rounding, and runs save the usual contiguous tensors."""
     name = str(getattr(config, "name", ""))
-    model = MODELS[name](config, image_shape)
+    model = MODELS[name](config, image_shape, train)
     if getattr(config, "architecture", None) == "conv":
         # Module.to(memory_format=...) is documented, but not in torch's type stubs
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -4,6 +4,7 @@ stored in the run as buffers (`prior_mean`, `prior_scale_tril`)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -12,6 +13,7 @@ import torch
 from latentspace.models.base import GenerativeModel
 from latentspace.models.layers import NetworkConfig, build_decoder, build_encoder
 from latentspace.models.likelihood import check_likelihood, mean_image, reconstruction_nll
+from latentspace.settings import TrainConfig
 
 __all__ = ["AEConfig", "AELoss", "AutoEncoder"]
 
@@ -41,8 +43,13 @@ class AutoEncoder(GenerativeModel):
     prior_mean: torch.Tensor
     prior_scale_tril: torch.Tensor
 
-    def __init__(self, config: AEConfig, image_shape: tuple[int, int, int]) -> None:
-        super().__init__(config, image_shape)
+    def __init__(
+        self,
+        config: AEConfig,
+        image_shape: tuple[int, int, int],
+        train: TrainConfig | None = None,
+    ) -> None:
+        super().__init__(config, image_shape, train)
         self.encoder = build_encoder(config, image_shape, config.latent_dim)
         self.decoder = build_decoder(config, image_shape)
         self.register_buffer("prior_mean", torch.zeros(config.latent_dim))
@@ -97,3 +104,23 @@ class AutoEncoder(GenerativeModel):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return mean_image(self.decoder(z))
+
+    @torch.no_grad()
+    def prior_metrics(self, codes: torch.Tensor) -> dict[str, float]:
+        """How well the Gaussian fitted to the training codes covers the codes of other images,
+        codes (N, D): their mean log-density under it (nats per image; higher is better, compare
+        with 0.5 * D * (1 + log 2pi) below the entropy), and the fraction outside the ellipsoid
+        that holds 99% of the prior's mass (1% if the prior fits; more means decoded prior samples
+        come from regions no image encodes to)."""
+        from scipy.stats import chi2
+
+        mean = self.prior_mean.detach().double().cpu()
+        tril = self.prior_scale_tril.detach().double().cpu()
+        centred = (codes.double().cpu() - mean).T
+        whitened = torch.linalg.solve_triangular(tril, centred, upper=False)  # (D, N)
+        mahalanobis = whitened.pow(2).sum(0)
+        dim = codes.shape[1]
+        log_det = tril.diagonal().log().sum()
+        log_density = -0.5 * (mahalanobis + dim * math.log(2 * math.pi)) - log_det
+        outside = float((mahalanobis > chi2.ppf(0.99, dim)).double().mean())
+        return {"prior_code_log_density": float(log_density.mean()), "prior_outside_99": outside}

@@ -8,16 +8,45 @@ autoencoder, a VAE and a GAN without knowing which it drives.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import nn
 
-from latentspace.config import TrainConfig
+from latentspace.errors import DataError
 from latentspace.models.layers import weight_penalties
+from latentspace.settings import TrainConfig
 
-__all__ = ["GenerativeModel", "make_optimizer"]
+__all__ = ["GenerativeModel", "LikelihoodBound", "LossTerms", "make_optimizer"]
+
+# optimizer name -> (class, the options it takes from TrainConfig); keyed by settings.OPTIMIZERS
+_OPTIMIZERS: dict[str, tuple[Any, Callable[[TrainConfig, tuple[float, float]], dict[str, Any]]]] = {
+    "sgd": (torch.optim.SGD, lambda train, betas: {"momentum": train.momentum}),
+    "adam": (torch.optim.Adam, lambda train, betas: {"betas": betas}),
+    "adamw": (torch.optim.AdamW, lambda train, betas: {"betas": betas}),
+}
+
+
+class LossTerms(Protocol):
+    """What `GenerativeModel.loss` returns: named terms (a NamedTuple), at least `total`."""
+
+    @property
+    def total(self) -> torch.Tensor: ...
+
+
+class LikelihoodBound(NamedTuple):
+    """A family's bound on log p(x), per image, in nats (`GenerativeModel.likelihood_bound`).
+
+    nll: (B,) -log p(x) bounded with K importance samples (IWAE, Burda et al. 2016);
+    negative_elbo: (B,); kl: (B, D) the KL of each latent dimension from the prior;
+    code: (B, D) the deterministic code (the posterior mean), for active units and
+    reconstructions."""
+
+    nll: torch.Tensor
+    negative_elbo: torch.Tensor
+    kl: torch.Tensor
+    code: torch.Tensor
 
 
 def make_optimizer(
@@ -33,14 +62,9 @@ def make_optimizer(
     with bench/train_speed.py's model), which is a third of the whole training step.
     """
     lr = train.lr if lr is None else lr
-    betas = train.betas if betas is None else betas
     params = list(params)
-    kinds: dict[str, tuple[Any, dict[str, Any]]] = {
-        "sgd": (torch.optim.SGD, {"momentum": train.momentum}),
-        "adam": (torch.optim.Adam, {"betas": betas}),
-        "adamw": (torch.optim.AdamW, {"betas": betas}),
-    }
-    cls, options = kinds[train.optimizer]
+    cls, take_options = _OPTIMIZERS[train.optimizer]
+    options = take_options(train, train.betas if betas is None else betas)
     try:
         return cls(params, lr=lr, weight_decay=train.weight_decay, fused=True, **options)
     except (RuntimeError, TypeError):  # fused not available for this device or dtype
@@ -48,22 +72,58 @@ def make_optimizer(
 
 
 class GenerativeModel(nn.Module):
-    """Base class of AE, VAE and GAN. Images are (B, C, H, W) floats in [0, 1]; codes are (B, D)."""
+    """Base class of every model family. Images are (B, C, H, W) floats in [0, 1]; codes are
+    (B, D).
+
+    What a family can do is declared here, never inferred by a caller from its class or name:
+    `monitor` (the validation term that early stopping and tuning minimise, or None), `loss`
+    (its training loss on a batch, where it has one) and `likelihood_bound` (a bound on log p(x),
+    where it defines one; `has_likelihood()` says so without building a model)."""
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    # The validation term that early stopping and tuning minimise. None for a family whose losses
+    # no single player minimises (a GAN's d_loss + g_loss): patience is refused and tuning scores
+    # samples instead.
+    monitor: ClassVar[str | None] = "total"
     # buffers added after runs were first saved: a weights file without one loads, and the buffer
     # keeps its initial value (a counter that only sets a phase, never a learned weight)
     optional_state: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, config: Any, image_shape: tuple[int, int, int]) -> None:
+    def __init__(
+        self, config: Any, image_shape: tuple[int, int, int], train: TrainConfig | None = None
+    ) -> None:
+        """config: the family's config dataclass; image_shape: (C, H, W); train: the settings its
+        optimizers, precision, penalties and gradient clipping follow (default `TrainConfig()`).
+        They are fixed here: a model trains only as it was built to."""
         super().__init__()
         config.validate()
         self.config = config
         self.image_shape = tuple(image_shape)
-        self.train_config = TrainConfig()
+        self.train_config = train if train is not None else TrainConfig()
         self.epoch = 0  # set by the trainer at the start of every epoch
         self.epochs = 1
+
+    @classmethod
+    def has_likelihood(cls) -> bool:
+        """Whether the family defines `likelihood_bound`."""
+        return cls.likelihood_bound is not GenerativeModel.likelihood_bound
+
+    def check_images(self, x: torch.Tensor) -> None:
+        """A one-line error unless x is a (B, C, H, W) batch of this model's image shape."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise DataError(
+                f"this {self.name} model takes images of shape (B, {', '.join(map(str, self.image_shape))})"
+                f", got {tuple(x.shape)}"
+            )
+
+    def check_codes(self, z: torch.Tensor) -> None:
+        """A one-line error unless z is a (B, latent_dim) batch of codes."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise DataError(
+                f"this {self.name} model takes codes of shape (B, {self.latent_dim}), "
+                f"got {tuple(z.shape)}"
+            )
 
     @property
     def latent_dim(self) -> int:
@@ -74,10 +134,10 @@ class GenerativeModel(nn.Module):
         return next(self.parameters()).device
 
     # ---- training: called by the trainer -------------------------------------------------
-    def configure_optimizers(self, train: TrainConfig) -> list[torch.optim.Optimizer]:
-        """One optimizer over all parameters; a GAN returns two."""
-        self.train_config = train
-        return [make_optimizer(self.parameters(), train)]
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers `training_step` takes, as the model's training settings say: one over
+        all parameters; a GAN returns two."""
+        return [make_optimizer(self.parameters(), self.train_config)]
 
     def training_step(
         self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
@@ -96,8 +156,33 @@ class GenerativeModel(nn.Module):
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def validation_step(self, x: torch.Tensor) -> dict[str, float]:
-        """The same named terms as training_step, without updating anything."""
+        """The same named terms as training_step, without updating anything; they include
+        `monitor` when the family declares one."""
         raise NotImplementedError
+
+    def loss(self, x: torch.Tensor) -> LossTerms:
+        """The training loss on batch x as named terms averaged over the batch (summed over
+        pixels), differentiable. A family without one loss (a GAN's two players) raises
+        NotImplementedError."""
+        raise NotImplementedError(f"a {self.name} model has no single training loss")
+
+    def prior_metrics(self, codes: torch.Tensor) -> dict[str, float]:
+        """Numbers on how well the family's prior covers `codes` (N, D) of held-out images, for
+        `evaluate`; {} when the prior is fixed (N(0, I)) rather than fitted."""
+        return {}
+
+    def likelihood_bound(
+        self,
+        x: torch.Tensor,
+        samples: int,
+        *,
+        generator: torch.Generator | None = None,
+        chunk_rows: int = 4096,
+        precision: str = "fp32",
+    ) -> LikelihoodBound:
+        """A bound on log p(x) per image with `samples` importance samples (see LikelihoodBound);
+        families without a likelihood do not define it (`has_likelihood()`)."""
+        raise NotImplementedError(f"a {self.name} model defines no likelihood")
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         self.epoch, self.epochs = epoch, epochs

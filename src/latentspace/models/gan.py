@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from latentspace.config import TrainConfig
 from latentspace.errors import ConfigError
 from latentspace.models.base import GenerativeModel, make_optimizer
 from latentspace.models.layers import (
@@ -37,6 +36,7 @@ from latentspace.models.layers import (
     build_encoder,
     make_activation,
 )
+from latentspace.settings import TrainConfig
 
 __all__ = [
     "GAN",
@@ -308,12 +308,18 @@ class GAN(GenerativeModel):
     name = "gan"
     config_class = GANConfig
     config: GANConfig
+    monitor = None  # d_loss + g_loss is minimised by neither player: nothing to stop early on
     optional_state = frozenset({"r1_updates"})  # runs saved before it start the lazy R1 phase at 0
     ema_updates: torch.Tensor  # a buffer, only with ema > 0: generator steps averaged so far
     r1_updates: torch.Tensor  # a buffer, only with r1 > 0: discriminator steps taken so far
 
-    def __init__(self, config: GANConfig, image_shape: tuple[int, int, int]) -> None:
-        super().__init__(config, image_shape)
+    def __init__(
+        self,
+        config: GANConfig,
+        image_shape: tuple[int, int, int],
+        train: TrainConfig | None = None,
+    ) -> None:
+        super().__init__(config, image_shape, train)
         generator = build_decoder(config, image_shape)
         if config.batch_norm:
             generator = _with_batch_norm(cast(nn.Sequential, generator))
@@ -411,11 +417,10 @@ class GAN(GenerativeModel):
         """Standing batch-norm statistics for sampling, at the training batch size."""
         self.standing_statistics(batch_size=self.train_config.batch_size)
 
-    def configure_optimizers(self, train: TrainConfig) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """[discriminator optimizer, generator optimizer], each with its own learning rate and
         the GAN's betas (train.optimizer chooses the kind)."""
-        self.train_config = train
-        gan_train = dataclasses.replace(train, betas=self.config.betas)
+        gan_train = dataclasses.replace(self.train_config, betas=self.config.betas)
         return [
             make_optimizer(self.discriminator.parameters(), gan_train, self.config.lr_d),
             make_optimizer(self.generator.parameters(), gan_train, self.config.lr_g),

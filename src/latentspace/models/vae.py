@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from latentspace.errors import ConfigError
-from latentspace.models.base import GenerativeModel
+from latentspace.models.base import GenerativeModel, LikelihoodBound
 from latentspace.models.layers import NetworkConfig, build_decoder, build_encoder
 from latentspace.models.likelihood import check_likelihood, mean_image, reconstruction_nll
+from latentspace.settings import TrainConfig
 
-__all__ = ["VAE", "VAEConfig", "VAELoss", "gaussian_kl"]
+__all__ = ["VAE", "VAEConfig", "VAELoss", "gaussian_kl", "iwae_bound"]
+
+LogLikelihood = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +52,55 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
+def iwae_bound(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    log_likelihood: Callable[[torch.Tensor], torch.Tensor],
+    samples: int,
+    *,
+    chunk_rows: int = 4096,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The importance-weighted bound (Burda et al. 2016) on log p(x), and the ELBO, per image.
+
+    mu, logvar: (B, D) the Gaussian posterior q(z|x); the prior is N(0, I). log_likelihood maps
+    z: (S, B, D) -> log p(x_b | z_sb): (S, B). The K=`samples` draws are taken S at a time, with
+    S * B <= chunk_rows, so memory stays bounded for any K. Returns (log-likelihood bound, ELBO),
+    each (B,) in nats; the ELBO uses the analytic KL and the mean log-likelihood of the same draws.
+    """
+    if samples < 1:
+        raise ValueError(f"samples = {samples} must be at least 1")
+    batch, dim = mu.shape
+    std = (0.5 * logvar).exp()
+    per_chunk = max(1, min(samples, chunk_rows // max(batch, 1)))
+    log_weights, expected = [], torch.zeros(batch, dtype=torch.float64, device=mu.device)
+    for start in range(0, samples, per_chunk):
+        s = min(per_chunk, samples - start)
+        eps = torch.randn(s, batch, dim, generator=generator).to(mu.device)
+        z = mu + eps * std
+        log_px_z = log_likelihood(z)
+        # log p(z) - log q(z|x); the 2*pi terms cancel
+        log_prior_ratio = -0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(-1)
+        log_weights.append(log_px_z + log_prior_ratio)
+        expected += log_px_z.double().sum(0)
+    stacked = torch.cat(log_weights).double()
+    bound = torch.logsumexp(stacked, dim=0) - math.log(samples)
+    elbo = expected / samples - gaussian_kl(mu, logvar).double().sum(-1)
+    return bound, elbo
+
+
 class VAE(GenerativeModel):
     name = "vae"
     config_class = VAEConfig
     config: VAEConfig
 
-    def __init__(self, config: VAEConfig, image_shape: tuple[int, int, int]) -> None:
-        super().__init__(config, image_shape)
+    def __init__(
+        self,
+        config: VAEConfig,
+        image_shape: tuple[int, int, int],
+        train: TrainConfig | None = None,
+    ) -> None:
+        super().__init__(config, image_shape, train)
         self.encoder = build_encoder(config, image_shape, 2 * config.latent_dim)
         self.decoder = build_decoder(config, image_shape)
 
@@ -106,3 +154,47 @@ class VAE(GenerativeModel):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return mean_image(self.decoder(z))
+
+    @torch.no_grad()
+    def likelihood_bound(
+        self,
+        x: torch.Tensor,
+        samples: int,
+        *,
+        generator: torch.Generator | None = None,
+        chunk_rows: int = 4096,
+        precision: str = "fp32",
+    ) -> LikelihoodBound:
+        """The importance-weighted bound with K=`samples` posterior draws, and the ELBO (analytic
+        KL). precision "bf16" runs the decoder on the K draws under bfloat16 autocast."""
+        mu, logvar = self.posterior(x)
+        log_likelihood = _log_likelihood(self, x, bf16=precision == "bf16")
+        bound, elbo = iwae_bound(
+            mu, logvar, log_likelihood, samples, chunk_rows=chunk_rows, generator=generator
+        )
+        return LikelihoodBound(-bound, -elbo, gaussian_kl(mu, logvar), mu)
+
+
+def _log_likelihood(model: VAE, x: torch.Tensor, bf16: bool = False) -> LogLikelihood:
+    """log p(x|z) for the VAE's decoder, vectorised over samples: z (S, B, D) -> (S, B).
+    bf16: the decoder runs under bfloat16 autocast; its logits are summed in float32."""
+    flat = x.flatten(1)
+
+    def decoder(z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model.decoder(z).float()
+
+    def bernoulli(z: torch.Tensor) -> torch.Tensor:
+        s, b, d = z.shape
+        logits = decoder(z.reshape(s * b, d)).reshape(s, b, -1)
+        # -BCE(logits, x) = x * logits - softplus(logits), in two passes instead of five
+        return (logits * flat).sum(-1) - F.softplus(logits).sum(-1)
+
+    def gaussian(z: torch.Tensor) -> torch.Tensor:
+        s, b, d = z.shape
+        logits = decoder(z.reshape(s * b, d))
+        target = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
+        nll = reconstruction_nll(logits, target, "gaussian", model.config.gaussian_std)
+        return -nll.reshape(s, b)
+
+    return bernoulli if model.config.likelihood == "bernoulli" else gaussian

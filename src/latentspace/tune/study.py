@@ -52,7 +52,7 @@ PRUNERS = ("median", "hyperband", "sha", "none")
 # objective name -> the validation term reported after every epoch (what pruning compares).
 # nll and fid are then measured once on the finished run: the VAE's importance-weighted NLL on
 # the validation images (NLL_SAMPLES samples), or FID of FID_SAMPLES generated images against
-# the held-out images in latentspace's own classifier features (latentspace.quality).
+# the held-out images in latentspace's own classifier features (latentspace.analysis.quality).
 OBJECTIVES = {
     "val_loss": "total",
     "reconstruction": "reconstruction",

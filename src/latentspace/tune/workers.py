@@ -186,12 +186,12 @@ def final_objective(run_dir: Path, objective: str) -> float:
 
     run = open_run(run_dir)
     if objective == "nll":
-        from latentspace.evaluate import evaluate
+        from latentspace.analysis.evaluate import evaluate
 
         record = evaluate(run, split="val", nll_samples=NLL_SAMPLES)
         append_metrics(run_dir, record)
         return float(record["nll"])
-    from latentspace.quality import evaluate_quality
+    from latentspace.analysis.quality import evaluate_quality
 
     report = evaluate_quality(run, n=FID_SAMPLES, log=lambda line: None)
     append_metrics(run_dir, {"kind": "quality", "fid": report.fid, "features": report.features})
@@ -331,11 +331,11 @@ def run_study(options: TuneOptions) -> Any:
             "use val_loss"
         )
     if options.objective == "fid":
-        from latentspace.classifier import feature_network
+        from latentspace.analysis.classifier import feature_network
 
         # trained once and cached before the workers start, so they do not race to train it
         feature_network(base.data.dataset, log=lambda line: print(line, flush=True))
-    from latentspace.train import prepare_data
+    from latentspace.data import prepare_data
 
     prepare_data(base)  # a missing dataset is one clear error, not N failed trials
     with _quiet_optuna_warnings():

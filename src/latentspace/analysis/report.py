@@ -1,6 +1,6 @@
 """The run report: one self-contained `report.html` (images embedded) with the PNGs beside it.
 
-    from latentspace.report import write_report
+    from latentspace.analysis.report import write_report
     write_report("runs/mnist-vae")   # -> runs/mnist-vae/report.html
 
 Every figure is made independently: one that cannot be made (a model without an encoder, a
@@ -18,11 +18,10 @@ from typing import Any
 
 import torch
 
-from latentspace import latent
-from latentspace.data import ImageSet, resolve, to_float
-from latentspace.data.datasets import DATASETS
+from latentspace.analysis import latent
+from latentspace.analysis.evaluate import affordable_encodes
+from latentspace.data import ImageSet, batched, held_out, to_float
 from latentspace.errors import LatentspaceError
-from latentspace.evaluate import affordable_encodes
 from latentspace.html import escape, img_tag, table, write_page
 from latentspace.imaging import save_grid
 from latentspace.models import GenerativeModel
@@ -185,16 +184,11 @@ def _kl_figure(kl_per_dim: list[float], path: Path) -> None:
 def report_images(run: Run, limit: int = 2000) -> ImageSet:
     """Images the run did not train on, as they are (grey): a named dataset's test split, else
     the run's validation images, else (saying so in the source) its training images."""
-    from latentspace.train import prepare_data
-
-    name = run.config.data.dataset.partition(":")[0]
-    if name in DATASETS:
-        images = resolve(f"{name}:test")
-    else:
-        train_set, val_set = prepare_data(run.config)
-        images = val_set if val_set is not None else train_set
-        if val_set is None:
-            images = ImageSet(images.images, f"{images.source} (training images)", images.labels)
+    chosen = held_out(run.config)
+    images = chosen.images
+    if images is None:
+        train = chosen.train
+        images = ImageSet(train.images, f"{train.source} (training images)", train.labels)
     return images.head(limit)
 
 
@@ -204,7 +198,7 @@ def _evaluation(run: Run, images: ImageSet) -> tuple[dict[str, Any], str]:
     records = [r for r in run.metrics if r.get("kind") == "evaluation"]
     if records:
         return records[-1], "the run's latest `latentspace evaluate` record"
-    from latentspace.evaluate import evaluate
+    from latentspace.analysis.evaluate import evaluate
     from latentspace.models.vae import VAE
 
     split = "test" if images.source.endswith(":test") else "val"
@@ -288,12 +282,7 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
         """Codes of images(), encoded once (a GAN's encoder is an optimisation: costly)."""
         if "codes" not in state:
             with torch.no_grad():
-                state["codes"] = torch.cat(
-                    [
-                        model.encode(to_float(images().images[i : i + 500].to(model.device))).cpu()
-                        for i in range(0, len(images()), 500)
-                    ]
-                )
+                state["codes"] = batched(model.encode, images().images, model.device)
         return state["codes"]
 
     def losses() -> str:

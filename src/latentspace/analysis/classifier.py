@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentspace.data import DATASETS, ImageSet, data_home, resolve, to_float
+from latentspace.data import ImageSet, data_home, named_dataset, resolve, to_float
 from latentspace.errors import DataError
 from latentspace.runs import atomic_write
 
@@ -125,8 +125,8 @@ class FeatureNetwork(nn.Module):
 
 def dataset_key(images: ImageSet) -> str:
     """The cache key: a dataset's name, else the file name plus a hash of the pixels."""
-    name = images.source.partition(":")[0]
-    if name in DATASETS:
+    name = named_dataset(images.source)
+    if name is not None:
         return name
     digest = hashlib.sha256(images.images.numpy().tobytes()).hexdigest()[:12]
     stem = Path(images.source).stem or "images"
@@ -142,8 +142,8 @@ def _train_test(spec: str, images: ImageSet | None) -> tuple[ImageSet, ImageSet,
     """(training images, held-out images, dataset name, cache key): a named dataset's train and
     test splits, else a seeded 90/10 split of the folder or array (`images`, if already loaded
     with a run's size and channels)."""
-    name = spec.partition(":")[0]
-    if name in DATASETS:
+    name = named_dataset(spec)
+    if name is not None:
         return resolve(f"{name}:train"), resolve(f"{name}:test"), name, name
     images = images if images is not None else resolve(spec)
     train, test = images.split(0.1, seed=0)
@@ -277,10 +277,11 @@ def feature_network(
 ) -> tuple[FeatureNetwork, FeatureNetworkInfo]:
     """The cached feature network for `spec` (a dataset name, folder or array; `images` if already
     loaded), training and caching it first when it is missing (or when retrain=True)."""
-    name = spec.partition(":")[0]
-    if name not in DATASETS and images is None:
+    named = named_dataset(spec)
+    name = named or spec
+    if named is None and images is None:
         images = resolve(spec)
-    key = name if name in DATASETS else dataset_key(cast(ImageSet, images))
+    key = named if named is not None else dataset_key(cast(ImageSet, images))
     if not retrain:
         cached = _load(key)
         if cached is not None:

@@ -1,7 +1,7 @@
 """Latent-space tools as pure tensor functions: interpolation, traversal, projection, neighbours.
 
     import latentspace as ls
-    from latentspace import latent
+    from latentspace.analysis import latent
     model = ls.load("runs/mnist-vae")
     z = model.encode(x)                          # (B, D)
     path = latent.slerp(z[0], z[1], steps=10)    # (10, D), endpoints included

@@ -8,7 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from latentspace.classifier import cache_paths, feature_network
+from latentspace.analysis.classifier import cache_paths, feature_network
 from latentspace.commands._common import add_device_arguments, open_run_for_use
 from latentspace.errors import DataError
 from latentspace.runs import append_metrics
@@ -73,7 +73,7 @@ def run_classifier(args: argparse.Namespace) -> int:
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    from latentspace.quality import evaluate_quality
+    from latentspace.analysis.quality import evaluate_quality
 
     if args.n < 2:
         raise DataError(f"-n {args.n}: FID/KID need at least 2 generated images")
