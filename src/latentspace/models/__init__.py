@@ -4,11 +4,13 @@ moment it is registered."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from latentspace.models.autoencoder import AEConfig, AutoEncoder
 from latentspace.models.base import GenerativeModel
 from latentspace.models.gan import GAN, GANConfig
 from latentspace.models.layers import NetworkConfig
+from latentspace.models.networks import NETWORKS, register_network
 from latentspace.models.vae import VAE, VAEConfig
 from latentspace.settings import TrainConfig
 
@@ -16,6 +18,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "GAN",
     "MODELS",
+    "NETWORKS",
     "VAE",
     "AEConfig",
     "AutoEncoder",
@@ -24,6 +27,7 @@ __all__ = [
     "NetworkConfig",
     "VAEConfig",
     "build_model",
+    "register_network",
 ]
 
 MODELS: dict[str, type[GenerativeModel]] = {
@@ -35,7 +39,12 @@ DEFAULT_MODEL = "vae"  # the family a config without model.name trains
 
 
 def build_model(
-    config: object, image_shape: tuple[int, int, int], train: TrainConfig | None = None
+    config: object,
+    image_shape: tuple[int, int, int],
+    train: TrainConfig | None = None,
+    *,
+    encoder: nn.Module | None = None,
+    decoder: nn.Module | None = None,
 ) -> GenerativeModel:
     """A new model of the family `config.name`, for (C, H, W) images, that trains as `train`
     says (default `TrainConfig()`). Convolutional models keep their weights
@@ -44,7 +53,9 @@ def build_model(
     conv VAE (bench/memory_format.py, four runs on 1 and 2 threads). Only the layout changes:
     outputs match to float rounding, and runs save the usual contiguous tensors."""
     name = str(getattr(config, "name", ""))
-    model = MODELS[name](config, image_shape, train)
+    # families take their own networks as keyword arguments (see models/networks.py)
+    networks = {k: v for k, v in (("encoder", encoder), ("decoder", decoder)) if v is not None}
+    model = MODELS[name](config, image_shape, train, **networks)
     if getattr(config, "architecture", None) == "conv":
         # Module.to(memory_format=...) is documented, but not in torch's type stubs
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

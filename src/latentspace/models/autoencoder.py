@@ -9,10 +9,12 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from latentspace.models.base import GenerativeModel
-from latentspace.models.layers import NetworkConfig, build_decoder, build_encoder
+from latentspace.models.layers import NetworkConfig
 from latentspace.models.likelihood import check_likelihood, mean_image, reconstruction_nll
+from latentspace.models.networks import make_decoder, make_encoder
 from latentspace.settings import TrainConfig
 
 __all__ = ["AEConfig", "AELoss", "AutoEncoder"]
@@ -48,10 +50,14 @@ class AutoEncoder(GenerativeModel):
         config: AEConfig,
         image_shape: tuple[int, int, int],
         train: TrainConfig | None = None,
+        *,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ) -> None:
+        """encoder, decoder: your own networks (see models/networks.py); default: the config's."""
         super().__init__(config, image_shape, train)
-        self.encoder = build_encoder(config, image_shape, config.latent_dim)
-        self.decoder = build_decoder(config, image_shape)
+        self.encoder = make_encoder(config, image_shape, config.latent_dim, encoder)
+        self.decoder = make_decoder(config, image_shape, decoder)
         self.register_buffer("prior_mean", torch.zeros(config.latent_dim))
         self.register_buffer("prior_scale_tril", torch.eye(config.latent_dim))
 

@@ -30,12 +30,8 @@ from torch.optim.swa_utils import update_bn
 
 from latentspace.errors import ConfigError
 from latentspace.models.base import GenerativeModel, make_optimizer
-from latentspace.models.layers import (
-    NetworkConfig,
-    build_decoder,
-    build_encoder,
-    make_activation,
-)
+from latentspace.models.layers import NetworkConfig, make_activation
+from latentspace.models.networks import make_decoder, make_encoder
 from latentspace.settings import TrainConfig
 
 __all__ = [
@@ -318,11 +314,15 @@ class GAN(GenerativeModel):
         config: GANConfig,
         image_shape: tuple[int, int, int],
         train: TrainConfig | None = None,
+        *,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ) -> None:
+        """encoder: your own discriminator, decoder: your own generator (models/networks.py)."""
         super().__init__(config, image_shape, train)
-        generator = build_decoder(config, image_shape)
-        if config.batch_norm:
-            generator = _with_batch_norm(cast(nn.Sequential, generator))
+        generator = make_decoder(config, image_shape, decoder)
+        if config.batch_norm and isinstance(generator, nn.Sequential):
+            generator = _with_batch_norm(generator)
         self.generator = generator
         d_config = dataclasses.replace(
             config,
@@ -331,7 +331,7 @@ class GAN(GenerativeModel):
             hidden_sizes=config.d_hidden_sizes or config.hidden_sizes,
         )
         c, h, w = image_shape  # PacGAN: `pack` images side by side in the channel axis
-        self.discriminator = build_encoder(d_config, (c * config.pack, h, w), 1)
+        self.discriminator = make_encoder(d_config, (c * config.pack, h, w), 1, encoder)
         if config.minibatch_std:
             layers = cast(nn.Sequential, self.discriminator)
             assert isinstance(layers[-1], nn.Linear)

@@ -48,6 +48,10 @@ class NetworkConfig:
     activation: str = "relu"  # relu | sigmoid | tanh | leaky_relu | gelu | silu
     bias: bool = True
     dropout: float = 0.0
+    # your own networks: a registered network's import path (package.module:Name, see
+    # models/networks.py); empty: the built-in network of `architecture`
+    encoder: str = ""
+    decoder: str = ""
 
     def validate(self) -> None:
         if self.latent_dim < 1:

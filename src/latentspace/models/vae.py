@@ -9,11 +9,13 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from latentspace.errors import ConfigError
 from latentspace.models.base import GenerativeModel, LikelihoodBound
-from latentspace.models.layers import NetworkConfig, build_decoder, build_encoder
+from latentspace.models.layers import NetworkConfig
 from latentspace.models.likelihood import check_likelihood, mean_image, reconstruction_nll
+from latentspace.models.networks import make_decoder, make_encoder
 from latentspace.settings import TrainConfig
 
 __all__ = ["VAE", "VAEConfig", "VAELoss", "gaussian_kl", "iwae_bound"]
@@ -99,10 +101,14 @@ class VAE(GenerativeModel):
         config: VAEConfig,
         image_shape: tuple[int, int, int],
         train: TrainConfig | None = None,
+        *,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ) -> None:
+        """encoder, decoder: your own networks (see models/networks.py); default: the config's."""
         super().__init__(config, image_shape, train)
-        self.encoder = build_encoder(config, image_shape, 2 * config.latent_dim)
-        self.decoder = build_decoder(config, image_shape)
+        self.encoder = make_encoder(config, image_shape, 2 * config.latent_dim, encoder)
+        self.decoder = make_decoder(config, image_shape, decoder)
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W) -> mu, logvar: (B, D) each."""

@@ -1,0 +1,165 @@
+"""Your own encoder and decoder: a registry of named networks that a config can name.
+
+A network is registered under its import path (`package.module:Name`) by decorating its class or
+factory with `register_network`; it is built as `factory(image_shape, features)`:
+
+- an encoder takes images (B, C, H, W) in [0, 1] and returns (B, features): the features the
+  family asks for (a VAE's 2 x latent_dim, an AE's latent_dim, a GAN discriminator's 1 score);
+- a decoder takes codes (B, features = latent_dim) and returns logits (B, C, H, W): the family
+  turns them into images (a sigmoid for pixels in [0, 1]).
+
+`model.encoder` / `model.decoder` in a config hold the import path; empty means the built-in MLP
+or conv network of `model.architecture`. A run saves the path in config.json and its weights in
+safetensors, so it reloads by importing the named module (installed code, never code from the
+file) and building the network again; nothing is pickled. The shape contract is checked on a
+probe batch before training, with a one-line error naming the expected and actual shapes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from latentspace.errors import ConfigError
+from latentspace.models.layers import NetworkConfig, build_decoder, build_encoder
+
+__all__ = [
+    "NETWORKS",
+    "NetworkFactory",
+    "check_decoder",
+    "check_encoder",
+    "make_decoder",
+    "make_encoder",
+    "network_path",
+    "register_network",
+]
+
+NetworkFactory = Callable[[tuple[int, int, int], int], nn.Module]
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+# import path -> factory; filled by @register_network when the defining module is imported
+NETWORKS: dict[str, NetworkFactory] = {}
+
+
+def network_path(factory: Callable[..., Any]) -> str:
+    """The import path `module:qualname` a network is registered and saved under."""
+    return f"{factory.__module__}:{factory.__qualname__}"
+
+
+def register_network(factory: F) -> F:
+    """Register a network class or factory `factory(image_shape, features) -> nn.Module` under its
+    import path, so a config can name it and a saved run can build it again. Its module must be
+    importable (not `__main__`) for a run to reload in another process."""
+    NETWORKS[network_path(factory)] = factory
+    return factory
+
+
+def _resolve(path: str, key: str) -> NetworkFactory:
+    """The registered factory for `path`, importing its module first when it is not loaded yet
+    (importing runs the module's @register_network)."""
+    if path not in NETWORKS:
+        module, sep, _ = path.partition(":")
+        if not sep or not module:
+            raise ConfigError(f"{key} = {path!r}: name a registered network as package.module:Name")
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(
+                f"{key} = {path!r}: cannot import {module} ({error}); install or put on the "
+                "Python path the module that defines the network"
+            ) from None
+    if path not in NETWORKS:
+        raise ConfigError(
+            f"{key} = {path!r} is not a registered network: decorate it with "
+            "@latentspace.register_network"
+        )
+    return NETWORKS[path]
+
+
+def _probe_device(module: nn.Module) -> torch.device:
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def check_encoder(module: nn.Module, image_shape: tuple[int, int, int], features: int) -> None:
+    """A one-line ConfigError unless `module` maps (2, C, H, W) images to (2, features)."""
+    was_training = module.training
+    module.eval()
+    try:
+        out = module(torch.rand(2, *image_shape, device=_probe_device(module)))
+    except Exception as error:
+        raise ConfigError(
+            f"the encoder {type(module).__name__} failed on images of shape (2, "
+            f"{', '.join(map(str, image_shape))}): {error}".splitlines()[0]
+        ) from None
+    finally:
+        module.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, features):
+        actual = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(
+            f"the encoder {type(module).__name__} must map images (B, "
+            f"{', '.join(map(str, image_shape))}) to (B, {features}); it gave {actual} for B = 2"
+        )
+
+
+@torch.no_grad()
+def check_decoder(module: nn.Module, image_shape: tuple[int, int, int], latent_dim: int) -> None:
+    """A one-line ConfigError unless `module` maps (2, latent_dim) codes to (2, C, H, W)."""
+    was_training = module.training
+    module.eval()
+    try:
+        out = module(torch.randn(2, latent_dim, device=_probe_device(module)))
+    except Exception as error:
+        raise ConfigError(
+            f"the decoder {type(module).__name__} failed on codes of shape (2, {latent_dim}): "
+            f"{error}".splitlines()[0]
+        ) from None
+    finally:
+        module.train(was_training)
+    expected = (2, *image_shape)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        actual = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(
+            f"the decoder {type(module).__name__} must map codes (B, {latent_dim}) to (B, "
+            f"{', '.join(map(str, image_shape))}); it gave {actual} for B = 2"
+        )
+
+
+def make_encoder(
+    config: NetworkConfig,
+    image_shape: tuple[int, int, int],
+    features: int,
+    module: nn.Module | None = None,
+    *,
+    path: str | None = None,
+) -> nn.Module:
+    """The encoder a family uses: `module` if given, else the network `path` (default
+    `config.encoder`) names, else the built-in one of `config.architecture`. A given or named
+    network is checked against the shape contract first."""
+    path = config.encoder if path is None else path
+    if module is None and not path:
+        return build_encoder(config, image_shape, features)
+    if module is None:
+        module = _resolve(path, "model.encoder")(image_shape, features)
+    check_encoder(module, image_shape, features)
+    return module
+
+
+def make_decoder(
+    config: NetworkConfig,
+    image_shape: tuple[int, int, int],
+    module: nn.Module | None = None,
+) -> nn.Module:
+    """The decoder a family uses, chosen as `make_encoder` chooses the encoder; it maps codes
+    (B, latent_dim) to logits (B, C, H, W)."""
+    if module is None and not config.decoder:
+        return build_decoder(config, image_shape)
+    if module is None:
+        module = _resolve(config.decoder, "model.decoder")(image_shape, config.latent_dim)
+    check_decoder(module, image_shape, config.latent_dim)
+    return module
