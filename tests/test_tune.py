@@ -312,4 +312,50 @@ def test_nll_objective_is_the_runs_importance_weighted_nll(
     assert trial.value == pytest.approx(expected, rel=1e-6)
     ae = ["--set", "model.name=ae"]
     assert main([*args[:-1], str(tmp_path / "ae"), "--trials", "1", "--objective", "nll", *ae]) == 1
-    assert "--objective nll needs a VAE" in capsys.readouterr().err
+    assert "--objective nll needs a family with a likelihood" in capsys.readouterr().err
+
+
+def test_a_family_without_a_validation_loss_is_tuned_on_the_fid_of_its_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A GAN's d_loss + g_loss is minimised by neither player: its study minimises FID by
+    default, prunes on the FID of a few samples after every epoch, and refuses val_loss."""
+    import numpy as np
+
+    from conftest import make_images
+    from latentspace.config import default_config
+    from latentspace.models import MODELS
+
+    names = [name for name, cls in MODELS.items() if cls.monitor is None]
+    if not names:
+        pytest.skip("every registered family monitors a validation term")
+    monkeypatch.setenv("LATENTSPACE_DATA", str(tmp_path / "home"))  # the feature network's cache
+    blobs = tmp_path / "blobs.npz"
+    np.savez(blobs, images=make_images(240, seed=1), labels=np.arange(240) % 3)
+    config = default_config(
+        names[0], dataset=str(blobs), batch_size=32, latent_dim=2, hidden_sizes=(16,), device="cpu"
+    )
+    space = "[train]\nepochs = 2\nlr = { low = 1e-4, high = 1e-3, log = true }\n"
+    base, space_path = _write(tmp_path, config, space)
+    out = tmp_path / "study"
+    args = ["tune", "--config", str(base), "--space", str(space_path), "--out", str(out)]
+    assert main([*args, "--trials", "1", "--quiet"]) == 0
+    trial = _load(out).trials[0]
+    assert trial.state.name == "COMPLETE"
+    assert sorted(trial.intermediate_values) == [1, 2]
+    assert all(0 < value < float("inf") for value in trial.intermediate_values.values())
+    assert trial.value == pytest.approx(trial.user_attrs["fid"])
+    assert json_objective(out) == "fid"
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path / "v"), "--trials", "1", "--objective", "val_loss"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "no validation loss" in error and "--objective fid" in error
+
+
+def json_objective(out: Path) -> str:
+    """The objective a study records in its options file."""
+    import json
+
+    from latentspace.commands.tune import OPTIONS_FILE
+
+    return str(json.loads((out / OPTIONS_FILE).read_text())["objective"])

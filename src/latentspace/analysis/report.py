@@ -199,7 +199,6 @@ def _evaluation(run: Run, images: ImageSet) -> tuple[dict[str, Any], str]:
     if records:
         return records[-1], "the run's latest `latentspace evaluate` record"
     from latentspace.analysis.evaluate import evaluate
-    from latentspace.models.vae import VAE
 
     split = "test" if images.source.endswith(":test") else "val"
     try:
@@ -207,7 +206,7 @@ def _evaluation(run: Run, images: ImageSet) -> tuple[dict[str, Any], str]:
             run,
             split,
             limit=min(_QUICK_IMAGES, len(images)),
-            nll_samples=_QUICK_SAMPLES if isinstance(run.model, VAE) else 0,
+            nll_samples=_QUICK_SAMPLES if run.model.has_likelihood() else 0,
         )
     except LatentspaceError:
         record = evaluate(run, "train", limit=min(_QUICK_IMAGES, len(images)), nll_samples=0)

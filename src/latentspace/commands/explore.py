@@ -13,6 +13,7 @@ from latentspace.analysis import latent
 from latentspace.commands._common import add_device_arguments, load_input, open_run_for_use
 from latentspace.data import batched, load_image, named_dataset, split_reference, to_float
 from latentspace.errors import ConfigError, DataError
+from latentspace.settings import PRECISIONS
 from latentspace.imaging import save_grid
 from latentspace.runs import Run, append_metrics
 
@@ -39,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--precision",
-        default="fp32",
-        choices=("fp32", "bf16"),
+        default=PRECISIONS[0],
+        choices=PRECISIONS,
         help="VAE NLL: decoder matrix products in bfloat16 for the K samples (about 2x faster "
         "on CPUs with bf16 units; the NLL moves by a few hundredths of a nat, see "
         "docs/latent-tools.md); default fp32",

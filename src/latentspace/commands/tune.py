@@ -60,7 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pruner", choices=PRUNERS, default=DEFAULT_PRUNER, help=f"default {DEFAULT_PRUNER}"
     )
     parser.add_argument(
-        "--objective", choices=list(OBJECTIVES), default="val_loss", help="default val_loss"
+        "--objective",
+        choices=OBJECTIVES,
+        help="what trials minimise (default val_loss; fid for a family that minimises no "
+        "validation loss)",
     )
     parser.add_argument("--seed", type=int, help="sampler seed (worker i uses SEED+i)")
     parser.add_argument(
@@ -114,7 +117,12 @@ def _fix_overridden(space_raw: dict[str, Any], overrides: list[str]) -> dict[str
 def run_tune(args: argparse.Namespace) -> int:
     from latentspace import default_config
     from latentspace.tune.report import write_report
-    from latentspace.tune.study import _quiet_optuna_warnings, _safe_url, options_for
+    from latentspace.tune.study import (
+        _quiet_optuna_warnings,
+        _safe_url,
+        default_objective,
+        options_for,
+    )
     from latentspace.tune.workers import run_study
 
     base = load_config(args.config) if args.config else default_config(DEFAULT_MODEL)
@@ -144,7 +152,7 @@ def run_tune(args: argparse.Namespace) -> int:
         storage=args.storage,
         sampler=args.sampler,
         pruner=args.pruner,
-        objective=args.objective,
+        objective=args.objective or default_objective(base),
         seed=args.seed,
         threads=args.threads,
         heartbeat_s=args.heartbeat,

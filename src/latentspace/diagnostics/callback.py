@@ -5,18 +5,34 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from latentspace import runs
-from latentspace.data import to_float
+from latentspace.data import Batches, ImageSet, to_float
 from latentspace.diagnostics.measure import Layer, find_layers, measure_activations
 from latentspace.diagnostics.reading import DIAGNOSTICS, read_diagnostics
 from latentspace.diagnostics.rules import Thresholds, _loss_entry, detect
 
-if TYPE_CHECKING:
-    from latentspace.train import Trainer
+
+class Trainer(Protocol):
+    """What the callback reads of `latentspace.train.Trainer` (named here, so that diagnostics
+    does not import the trainer that imports it)."""
+
+    model: nn.Module
+    run_dir: Path
+    epoch: int
+    val_set: ImageSet | None
+    train_batches: Batches
+    device: torch.device
+    train_config: Any
+    records: list[dict[str, Any]]
+    quiet: bool
+    log: Callable[[str], None]
 
 
 class Diagnostics:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from latentspace.config import Config, apply_overrides
 from latentspace.errors import ConfigError
+from latentspace.settings import OPTIMIZERS
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -57,7 +58,7 @@ DEFAULT_SPACE: dict[str, Any] = {
     "train.epochs": 20,
     "train.l1": {"low": 1e-8, "high": 1e-3, "log": True, "off": True},
     "train.l2": {"low": 1e-8, "high": 1e-2, "log": True, "off": True},
-    "train.optimizer": {"choices": ["adam", "adamw", "sgd"]},
+    "train.optimizer": {"choices": sorted(OPTIMIZERS)},
     "model.hidden_sizes": {"layers": [1, 3], "units": [32, 1024], "log": True},
     "model.activation": {"choices": ["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid"]},
     "model.latent_dim": {"low": 2, "high": 64, "log": True},

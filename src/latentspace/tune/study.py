@@ -31,6 +31,7 @@ from typing import Any
 
 from latentspace.config import Config, config_from_dict, config_to_dict
 from latentspace.errors import ConfigError
+from latentspace.models import MODELS, GenerativeModel
 from latentspace.tune.space import Space, parse_space
 
 __all__ = [
@@ -40,27 +41,29 @@ __all__ = [
     "PRUNERS",
     "SAMPLERS",
     "TuneOptions",
+    "check_objective",
     "counted_trials",
     "database_url",
+    "default_objective",
     "next_trial",
     "open_study",
     "options_for",
+    "pruning_term",
 ]
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "sha", "none")
-# objective name -> the validation term reported after every epoch (what pruning compares).
-# nll and fid are then measured once on the finished run: the VAE's importance-weighted NLL on
-# the validation images (NLL_SAMPLES samples), or FID of FID_SAMPLES generated images against
-# the held-out images in latentspace's own classifier features (latentspace.analysis.quality).
-OBJECTIVES = {
-    "val_loss": "total",
-    "reconstruction": "reconstruction",
-    "nll": "total",
-    "fid": "total",
-}
+# What a study minimises. val_loss: the validation term the model family declares it minimises
+# (`GenerativeModel.monitor`); reconstruction: that validation term; nll and fid are measured once
+# on the finished run: the importance-weighted NLL on the validation images (NLL_SAMPLES samples;
+# families with a likelihood), or FID of FID_SAMPLES generated images against the held-out images
+# in latentspace's own classifier features (latentspace.analysis.quality). After every epoch
+# pruning compares `pruning_term`: the family's monitored term, or, for a family without one
+# (a GAN's losses are minimised by no single player), the FID of PRUNE_FID_SAMPLES samples.
+OBJECTIVES = ("val_loss", "reconstruction", "nll", "fid")
 NLL_SAMPLES = 100
 FID_SAMPLES = 2000
+PRUNE_FID_SAMPLES = 500
 # Measured with bench/tune_efficiency.py (issue 6's protocol, docs/tuning.md has the numbers):
 # random sampling with successive halving reached plain random search's median result with 3x
 # fewer epochs in 9 of 10 seeds (median 5.9x) and ended lower than it (GP + successive halving
@@ -87,7 +90,7 @@ class TuneOptions:
     storage: str | None = None  # None = the journal file in `out`
     sampler: str = DEFAULT_SAMPLER
     pruner: str = DEFAULT_PRUNER
-    objective: str = "val_loss"
+    objective: str = "val_loss"  # one of OBJECTIVES; `default_objective` picks it per family
     seed: int | None = None
     threads: int = 1
     heartbeat_s: int = 30  # database storages: heartbeat interval; a trial is stale after 3x
@@ -98,6 +101,39 @@ class TuneOptions:
 
     def load_space(self) -> Space:
         return parse_space(self.space, self.base_config(), self.space_source)
+
+
+def _family(config: Config) -> type[GenerativeModel]:
+    return MODELS[config.model_name]
+
+
+def default_objective(config: Config) -> str:
+    """val_loss for a family that declares a monitored validation term, else fid."""
+    return "val_loss" if _family(config).monitor is not None else "fid"
+
+
+def pruning_term(objective: str, config: Config) -> str | None:
+    """The validation term reported after every epoch, or None: a sample FID instead."""
+    if objective == "reconstruction":
+        return "reconstruction"
+    return _family(config).monitor
+
+
+def check_objective(objective: str, config: Config) -> None:
+    """A one-line error when the base config's family cannot be tuned on `objective`."""
+    family = _family(config)
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective {objective!r} is not one of: {', '.join(OBJECTIVES)}")
+    if objective == "nll" and not family.has_likelihood():
+        raise ConfigError(
+            f"--objective nll needs a family with a likelihood (the base config trains "
+            f"{family.name!r}, which has none); use {default_objective(config)}"
+        )
+    if objective in ("val_loss", "reconstruction") and family.monitor is None:
+        raise ConfigError(
+            f"--objective {objective}: a {family.name} model has no validation loss that it "
+            "minimises; tune it on the quality of its samples with --objective fid"
+        )
 
 
 def _optuna() -> Any:

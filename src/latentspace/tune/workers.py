@@ -30,12 +30,14 @@ from latentspace.tune.study import (
     FID_SAMPLES,
     LOST,
     NLL_SAMPLES,
-    OBJECTIVES,
+    PRUNE_FID_SAMPLES,
     TuneOptions,
     _optuna,
     _quiet_optuna_warnings,
+    check_objective,
     next_trial,
     open_study,
+    pruning_term,
 )
 
 __all__ = [
@@ -116,20 +118,30 @@ def fail_orphaned_trials(
 
 # ---- one trial -------------------------------------------------------------------------------
 class PruningCallback:
-    """A trainer callback: report the validation objective each epoch, prune when told."""
+    """A trainer callback: report the validation objective each epoch, prune when told.
 
-    def __init__(self, trial: Any, term: str) -> None:
+    term: the validation term to report, or None for a model family that minimises none (a
+    GAN): the FID of PRUNE_FID_SAMPLES samples against as many held-out images is reported."""
+
+    def __init__(self, trial: Any, term: str | None) -> None:
         self.trial = trial
         self.term = term
         self.value = math.nan
         self.epochs = 0
 
+    def _score(self, trainer: Any, record: dict[str, Any]) -> float:
+        if self.term is None:
+            from latentspace.analysis.quality import sample_fid
+
+            return sample_fid(trainer.model, trainer.config, n=PRUNE_FID_SAMPLES)
+        if "val" not in record:
+            raise ConfigError("tuning needs validation images: set data.val_fraction > 0")
+        return float(record["val"][self.term])
+
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
         import optuna
 
-        if "val" not in record:
-            raise ConfigError("tuning needs validation images: set data.val_fraction > 0")
-        self.value = float(record["val"][self.term])
+        self.value = self._score(trainer, record)
         self.epochs = int(record["epoch"])
         self.trial.report(self.value, self.epochs)
         # after the last epoch pruning saves nothing and would discard a finished trial
@@ -145,7 +157,7 @@ class _Objective:
         self.options = options
         self.base = base
         self.space = space
-        self.term = OBJECTIVES[options.objective]
+        self.term = pruning_term(options.objective, base)
 
     def claim(self, trial: Any) -> None:
         """Record the worker on the trial, so a dead worker's trial can be recognised."""
@@ -319,17 +331,9 @@ def run_study(options: TuneOptions) -> Any:
     load_space(None, base)  # the default space must fit the base config's model family
     if options.workers < 1 or options.trials < 1:
         raise ConfigError("--workers and --trials must be at least 1")
-    if options.objective not in OBJECTIVES:
-        raise ConfigError(
-            f"--objective {options.objective!r} is not one of: {', '.join(OBJECTIVES)}"
-        )
+    check_objective(options.objective, base)
     if base.data.val_fraction <= 0:
         raise ConfigError("tuning needs validation images: set data.val_fraction > 0")
-    if options.objective == "nll" and base.model_name != "vae":
-        raise ConfigError(
-            f"--objective nll needs a VAE (the base config trains {base.model_name!r}); "
-            "use val_loss"
-        )
     if options.objective == "fid":
         from latentspace.analysis.classifier import feature_network
 
