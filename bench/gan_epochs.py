@@ -31,7 +31,8 @@ from latentspace.analysis.classifier import FeatureNetwork, feature_network
 from latentspace.analysis.quality import class_distribution, fid_kid, uniform_deviation
 from latentspace.config import apply_overrides, load_config
 from latentspace.data import resolve
-from latentspace.models.gan import GAN, update_moving_average
+from latentspace.models.gan import GAN
+from latentspace.models.moving_average import update_moving_average
 from latentspace.train import StopTraining, Trainer
 
 STANDING = 20000  # codes for each probe's batch-norm statistics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,27 @@ from latentspace.config import Config, apply_overrides
 from latentspace.diagnostics import find_layers
 from latentspace.errors import ConfigError, RunError
 from latentspace.models import MODELS
-from latentspace.models.gan import (
-    GAN,
+from latentspace.models.gan import GAN
+from latentspace.models.gan_losses import feature_matching, gan_losses
+from latentspace.models.gan_regularisers import (
     MinibatchStd,
-    feature_matching,
-    gan_losses,
     gradient_penalty,
     group_spread,
     r1_penalty,
 )
+from latentspace.models.networks import network_path, register_network
+
+
+@register_network
+class TinyCritic(nn.Module):
+    """A discriminator of your own that is no nn.Sequential: a linear score of the pixels."""
+
+    def __init__(self, image_shape: tuple[int, int, int], features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(math.prod(image_shape), features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
 
 
 def gan_config(tiny_npz: Path, *overrides: str) -> Config:
@@ -263,6 +276,32 @@ def test_inversion_recovers_a_generating_code(tiny_npz: Path) -> None:
     assert torch.allclose(z, z0, atol=0.05)
     assert torch.equal(model.encode(x), z)  # deterministic
     assert model.last_inversion_error is not None
+
+
+def test_encode_draws_its_starts_from_the_generator_given(tiny_npz: Path) -> None:
+    model, _ = build(gan_config(tiny_npz, "model.inversion_steps=3"))
+    x = torch.rand(4, 1, 12, 12)
+
+    def encode(seed: int) -> torch.Tensor:
+        return model.encode(x, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(encode(1), encode(1))  # deterministic given the generator
+    assert not torch.allclose(encode(1), encode(2))  # other starts: 3 steps end elsewhere
+    assert torch.equal(model.encode(x), encode(0))  # the default is a fixed seed
+
+
+def test_a_discriminator_of_your_own_trains_but_cannot_be_split(tiny_npz: Path) -> None:
+    own = f"model.encoder={network_path(TinyCritic)}"
+    model, optimizers = build(gan_config(tiny_npz, own, "model.pack=2"))
+    assert isinstance(model.discriminator, TinyCritic)
+    x = torch.rand(7, 1, 12, 12)
+    assert model.score(x).shape == (4,)
+    terms = model.training_step(x, optimizers)  # the real scores need no split-off last layer
+    assert all(torch.isfinite(v) for v in terms.values())
+    assert np.isfinite(list(model.validation_step(x).values())).all()
+    for key, value in (("minibatch_std", 2), ("feature_matching", 1.0)):
+        with pytest.raises(ConfigError, match=f"model.{key} needs the built-in discriminator"):
+            build(gan_config(tiny_npz, own, f"model.{key}={value}"))
 
 
 def test_epoch_warnings_name_the_numbers(tiny_npz: Path) -> None:

@@ -1,11 +1,15 @@
 """Generative adversarial network (Goodfellow et al. 2014) with DCGAN-style conv networks (Radford
-et al. 2016) or MLPs, and three losses: non-saturating, hinge and WGAN-GP (Gulrajani et al. 2017).
+et al. 2016) or MLPs: the config, the two players and their step. The losses (non-saturating,
+hinge, least squares, WGAN-GP) are in `gan_losses`; the regularisers (gradient penalty, R1,
+spectral norm, PacGAN packing, minibatch standard deviation) in `gan_regularisers`; the moving
+average of the generator in `moving_average`.
 
 The generator is the shared decoder (`build_decoder`, sigmoid output in [0, 1]); the
 discriminator is the shared encoder with one output (`build_encoder(..., out_features=1)`), a raw
-score (a logit for the non-saturating loss). The model owns its step: `configure_optimizers`
-returns [discriminator optimizer, generator optimizer] and `training_step` takes `d_steps`
-discriminator steps, then one generator step, so the generic trainer never learns the word "gan".
+score (a logit for the non-saturating loss). Either can be your own network (models/networks.py).
+The model owns its step: `configure_optimizers` returns [discriminator optimizer, generator
+optimizer] and `training_step` takes `d_steps` discriminator steps, then one generator step, so
+the generic trainer never learns the word "gan".
 
 `encode` is GAN inversion: gradient descent in latent space from several random starts, keeping
 the best code per image (`invert` also returns the reconstruction error it reached).
@@ -18,39 +22,33 @@ training and its logged terms use the generator being trained.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import update_bn
 
 from latentspace.errors import ConfigError
 from latentspace.models.base import GenerativeModel, make_optimizer
+from latentspace.models.gan_losses import LOSSES, WON_BELOW, feature_matching, gan_losses
+from latentspace.models.gan_regularisers import (
+    MinibatchStd,
+    dcgan_init,
+    gradient_penalty,
+    pack_images,
+    r1_penalty,
+    spectral_normalise,
+    with_batch_norm,
+)
 from latentspace.models.layers import NetworkConfig, make_activation
+from latentspace.models.moving_average import standing_statistics, update_moving_average
 from latentspace.models.networks import make_decoder, make_encoder
 from latentspace.settings import TrainConfig
 
-__all__ = [
-    "GAN",
-    "GANConfig",
-    "GANLoss",
-    "MinibatchStd",
-    "gan_losses",
-    "gradient_penalty",
-    "group_spread",
-    "update_moving_average",
-]
-
-LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp")
-# the discriminator's loss below which it has won outright, and what that means, per loss
-WON_BELOW = {
-    "hinge": (0.02, "every margin satisfied"),
-    "lsgan": (0.01, "scores on their targets, 1 for real and 0 for generated images"),
-}
+__all__ = ["GAN", "GANConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,166 +125,37 @@ class GANConfig(NetworkConfig):
             )
 
 
-class GANLoss(NamedTuple):
-    """Averaged over the batch. `gp` is the unweighted gradient penalty: WGAN-GP's, or R1's times
-    the lazy-R1 weight (0 when neither); `discriminator` already includes it, weighted."""
+class DiscriminatorTerms(NamedTuple):
+    """One evaluation of the discriminator's loss, averaged over the batch. `loss` includes the
+    gradient penalty, weighted; `gp` is that penalty unweighted: WGAN-GP's, or R1's times the
+    lazy-R1 weight (0 when neither). The scores D(x), D(G(z)) and, with feature matching, D's
+    last hidden layer on x (else None) are detached."""
 
-    discriminator: torch.Tensor
+    loss: torch.Tensor
     gp: torch.Tensor
+    real_scores: torch.Tensor
+    fake_scores: torch.Tensor
+    real_features: torch.Tensor | None
 
 
-def gan_losses(
-    loss: str, real_scores: torch.Tensor, fake_scores: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(discriminator loss, generator loss) from raw scores D(x), D(G(z)): (B,) each, batch means.
+class DiscriminatorResult(NamedTuple):
+    """One discriminator step: its terms, and what it minimised, `terms.loss + l1 + l2`."""
 
-    nonsaturating: -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))) and -log sigmoid(D(G(z)))
-    (Goodfellow et al. 2014, section 3); hinge: relu(1 - D(x)) + relu(1 + D(G(z))) and -D(G(z))
-    (Lim & Ye 2017); lsgan: ((D(x) - 1)^2 + D(G(z))^2) / 2 and (D(G(z)) - 1)^2 / 2 (Mao et al.
-    2017, targets 0 and 1); wgan-gp: D(G(z)) - D(x) and -D(G(z)), the penalty added by the caller."""
-    if loss == "nonsaturating":
-        d_loss = F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
-        return d_loss, F.softplus(-fake_scores).mean()
-    if loss == "hinge":
-        d_loss = F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
-        return d_loss, -fake_scores.mean()
-    if loss == "lsgan":
-        d_loss = 0.5 * ((real_scores - 1.0).pow(2).mean() + fake_scores.pow(2).mean())
-        return d_loss, 0.5 * (fake_scores - 1.0).pow(2).mean()
-    return fake_scores.mean() - real_scores.mean(), -fake_scores.mean()
+    terms: DiscriminatorTerms
+    loss: torch.Tensor
+    l1: torch.Tensor
+    l2: torch.Tensor
 
 
-def _input_gradients(
-    critic: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
-) -> torch.Tensor:
-    """The critic's gradient with respect to its inputs, one flattened row per score: (S, -1). A
-    critic that scores packs of images (PacGAN) returns fewer scores than images; each row then
-    holds a pack's gradient, a last incomplete pack padded with zeros. Differentiable in the
-    critic's weights when gradients are enabled (training); validation runs under no_grad."""
-    inputs = inputs.detach().requires_grad_(True)
-    training = torch.is_grad_enabled()  # build a graph through the gradient only when training
-    with torch.enable_grad():
-        scores = critic(inputs)
-        (grad,) = torch.autograd.grad(scores.float().sum(), inputs, create_graph=training)
-    per_score = -(-len(inputs) // scores.numel())  # images per score: 1, or the pack size
-    flat = grad.float().flatten(1)
-    missing = scores.numel() * per_score - len(inputs)
-    if missing:
-        flat = F.pad(flat, (0, 0, 0, missing))
-    return flat.reshape(scores.numel(), -1)
+class GeneratorResult(NamedTuple):
+    """One generator step: what it minimised (adversarial + feature_matching x matching + l1 +
+    l2), its weight penalties, the unweighted feature-matching term and the images it made."""
 
-
-def gradient_penalty(
-    critic: Callable[[torch.Tensor], torch.Tensor],
-    real: torch.Tensor,
-    fake: torch.Tensor,
-    *,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """mean over the critic's scores of (||grad_x D(x_hat)||_2 - 1)^2 at x_hat = e x + (1 - e)
-    G(z), one e ~ U(0, 1) per image (Gulrajani et al. 2017, Algorithm 1); the norm is taken over
-    each pack's gradient when the critic scores packs of images."""
-    eps = torch.rand(len(real), 1, 1, 1, generator=generator).to(real.device)
-    mixed = eps * real + (1.0 - eps) * fake.detach()
-    return (_input_gradients(critic, mixed).norm(dim=1) - 1.0).pow(2).mean()
-
-
-def r1_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor) -> torch.Tensor:
-    """mean over the critic's scores of ||grad_x D(x)||^2 on real images x (Mescheder et al. 2018,
-    eq. 9, without the gamma / 2); per pack when the critic scores packs of images."""
-    return _input_gradients(critic, real).pow(2).sum(dim=1).mean()
-
-
-def feature_matching(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """The squared distance between the mean features of generated and real images, divided by
-    the real features' mean variance (so the weight does not depend on their scale): Salimans et
-    al. 2016, section 3.1, on the discriminator's last hidden layer. (B, F) each; a first moment
-    of the whole batch, so the generator is told when it makes too many of one kind of image,
-    which a per-image score cannot see."""
-    scale = real.var(0).mean().detach().clamp_min(1e-12)
-    return (fake.mean(0) - real.mean(0)).pow(2).mean() / scale
-
-
-@torch.no_grad()
-def update_moving_average(
-    average: nn.Module, current: nn.Module, updates: torch.Tensor, decay: float
-) -> None:
-    """average <- d average + (1 - d) current for the weights, with d = min(decay, (1 + t) /
-    (10 + t)) after t = `updates` earlier updates (so early averages do not hold on to the random
-    initial weights); buffers (batch norm statistics) are copied."""
-    t = updates.to(torch.float32)
-    d = torch.clamp((1.0 + t) / (10.0 + t), max=decay)
-    for averaged, weights in zip(average.parameters(), current.parameters(), strict=True):
-        averaged.lerp_(weights, 1.0 - d)
-    for kept, buffer in zip(average.buffers(), current.buffers(), strict=True):
-        kept.copy_(buffer)
-
-
-def _dcgan_init(module: nn.Module) -> None:
-    """N(0, 0.02) weights, as in DCGAN (Radford et al. 2016, section 4)."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
-            nn.init.normal_(layer.weight, 0.0, 0.02)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-        elif isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d):
-            nn.init.normal_(layer.weight, 1.0, 0.02)
-            nn.init.zeros_(layer.bias)
-
-
-def _with_batch_norm(network: nn.Sequential) -> nn.Sequential:
-    """Insert BatchNorm between every hidden Linear/ConvTranspose2d and its activation."""
-    layers = list(network)
-    result: list[nn.Module] = []
-    for i, layer in enumerate(layers):
-        result.append(layer)
-        followed_by_activation = i + 1 < len(layers) and not isinstance(
-            layers[i + 1], nn.Linear | nn.ConvTranspose2d | nn.Unflatten | nn.Dropout
-        )
-        if followed_by_activation and isinstance(layer, nn.Linear):
-            result.append(nn.BatchNorm1d(layer.out_features))
-        elif followed_by_activation and isinstance(layer, nn.ConvTranspose2d):
-            result.append(nn.BatchNorm2d(layer.out_channels))
-    return nn.Sequential(*result)
-
-
-def group_spread(x: torch.Tensor, group: int) -> torch.Tensor:
-    """(B, ...) -> (B,): for each group of `group` consecutive inputs, the standard deviation of
-    every feature over the group, averaged over the features (Karras et al. 2018, section 3); each
-    input gets its group's value. A last incomplete group is measured on its own (a group of one
-    has spread 0)."""
-    n = len(x)
-    whole = n - n % group
-    spreads = []
-    for part, size in ((x[:whole], group), (x[whole:], n - whole)):
-        if len(part):
-            grouped = part.float().reshape(len(part) // size, size, -1)
-            # by hand: torch's var over a middle dimension is ~50x slower on the CPU
-            centered = grouped - grouped.mean(1, keepdim=True)
-            spread = (centered.square().mean(1) + 1e-8).sqrt().mean(1)
-            spreads.append(spread.repeat_interleave(size))
-    return torch.cat(spreads).to(x.dtype)
-
-
-class MinibatchStd(nn.Module):
-    """The discriminator's last layer with minibatch standard deviation (Karras et al. 2018): its
-    score of each input is `linear(features) + weight * group_spread(features)`, so a generator
-    whose samples look alike gives itself away. Karras et al. append the spread as one more
-    channel; as the next layer here is linear, that is the same as this added term, which keeps
-    the features' memory layout (a concatenated channel made the convolutions' backward pass
-    1.3x slower on the CPU). The weight starts at 0: a plain discriminator at first."""
-
-    def __init__(self, linear: nn.Linear, group: int) -> None:
-        super().__init__()
-        self.linear, self.group = linear, group
-        self.weight = nn.Parameter(torch.zeros(linear.out_features))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        spread = group_spread(features, self.group)
-        return self.linear(features) + spread[:, None] * self.weight
-
-    def extra_repr(self) -> str:
-        return f"group={self.group}"
+    loss: torch.Tensor
+    l1: torch.Tensor
+    l2: torch.Tensor
+    matching: torch.Tensor
+    fake: torch.Tensor
 
 
 def _pairwise_spread(images: torch.Tensor) -> torch.Tensor:
@@ -296,6 +165,57 @@ def _pairwise_spread(images: torch.Tensor) -> torch.Tensor:
     if len(flat) < 2:
         return torch.zeros((), device=images.device)
     return torch.pdist(flat).mean() / flat.shape[1] ** 0.5
+
+
+@contextlib.contextmanager
+def _frozen(network: nn.Module) -> Iterator[None]:
+    """No gradients for the weights of `network` inside (the generator step needs none for D's);
+    all of them trainable again afterwards, also after an error."""
+    parameters = list(network.parameters())
+    for p in parameters:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in parameters:
+            p.requires_grad_(True)
+
+
+def _check_splittable(network: nn.Module, config: GANConfig) -> None:
+    """minibatch_std and feature_matching split the discriminator's last layer (its score) off the
+    rest (its features): a one-line ConfigError when `network` cannot be split so."""
+    if isinstance(network, nn.Sequential) and isinstance(network[-1], nn.Linear):
+        return
+    for key in ("minibatch_std", "feature_matching"):
+        if getattr(config, key):
+            raise ConfigError(
+                f"model.{key} needs the built-in discriminator (an nn.Sequential ending in "
+                f"nn.Linear, whose last layer it splits off); your network "
+                f"{type(network).__name__} is not one: set model.{key} = 0"
+            )
+
+
+def _build_discriminator(
+    config: GANConfig, image_shape: tuple[int, int, int], encoder: nn.Module | None
+) -> nn.Module:
+    """D: the shared encoder with one output (or `encoder`), with its own widths and activation,
+    judging `pack` images at once, and with minibatch_std the spread term in its last layer."""
+    d_config = dataclasses.replace(
+        config,
+        activation=config.d_activation,
+        channels=config.d_channels or config.channels,
+        hidden_sizes=config.d_hidden_sizes or config.hidden_sizes,
+    )
+    c, h, w = image_shape  # PacGAN: `pack` images side by side in the channel axis
+    network = make_encoder(d_config, (c * config.pack, h, w), 1, encoder)
+    _check_splittable(network, config)
+    if config.minibatch_std:
+        layers = cast(nn.Sequential, network)
+        layers[-1] = MinibatchStd(cast(nn.Linear, layers[-1]), config.minibatch_std)
+    for layer in network.modules():
+        if isinstance(layer, nn.LeakyReLU):
+            layer.negative_slope = 0.2  # DCGAN's slope; torch's default 0.01 is nearly ReLU
+    return network
 
 
 class GAN(GenerativeModel):
@@ -320,31 +240,16 @@ class GAN(GenerativeModel):
     ) -> None:
         """encoder: your own discriminator, decoder: your own generator (models/networks.py)."""
         super().__init__(config, image_shape, train)
+        # built in this order, so that a seed gives the same initial weights as in saved runs
         generator = make_decoder(config, image_shape, decoder)
         if config.batch_norm and isinstance(generator, nn.Sequential):
-            generator = _with_batch_norm(generator)
+            generator = with_batch_norm(generator)
         self.generator = generator
-        d_config = dataclasses.replace(
-            config,
-            activation=config.d_activation,
-            channels=config.d_channels or config.channels,
-            hidden_sizes=config.d_hidden_sizes or config.hidden_sizes,
-        )
-        c, h, w = image_shape  # PacGAN: `pack` images side by side in the channel axis
-        self.discriminator = make_encoder(d_config, (c * config.pack, h, w), 1, encoder)
-        if config.minibatch_std:
-            layers = cast(nn.Sequential, self.discriminator)
-            assert isinstance(layers[-1], nn.Linear)
-            layers[-1] = MinibatchStd(layers[-1], config.minibatch_std)
-        for layer in self.discriminator.modules():
-            if isinstance(layer, nn.LeakyReLU):
-                layer.negative_slope = 0.2  # DCGAN's slope; torch's default 0.01 is nearly ReLU
+        self.discriminator = _build_discriminator(config, image_shape, encoder)
         if config.architecture == "conv":
-            _dcgan_init(self)
-        if config.spectral_norm:  # Miyato et al. 2018; one power iteration per training forward
-            for layer in list(self.discriminator.modules()):
-                if isinstance(layer, nn.Conv2d | nn.Linear):
-                    nn.utils.parametrizations.spectral_norm(layer)
+            dcgan_init(self)
+        if config.spectral_norm:
+            spectral_normalise(self.discriminator)
         # the moving average starts as a copy of the initial generator; a buffer counts its updates
         self.generator_ema: nn.Module | None = None
         if config.ema > 0:
@@ -361,28 +266,22 @@ class GAN(GenerativeModel):
         per m consecutive images, (ceil(B / m),) (PacGAN, Lin et al. 2018: a discriminator that
         sees several samples at once notices when they lack variety, which penalises dropped
         modes). A last incomplete pack is filled with the batch's first images."""
-        return self.discriminator(self._packed(x)).squeeze(1)
-
-    def _packed(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.config.pack
-        if m > 1:
-            if len(x) % m:
-                fill = torch.arange(m - len(x) % m, device=x.device) % len(x)
-                x = torch.cat([x, x[fill]])
-            x = x.reshape(len(x) // m, m * x.shape[1], *x.shape[2:])
-        return x
+        return self.discriminator(pack_images(x, self.config.pack)).squeeze(1)
 
     def _features_and_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the discriminator's last hidden layer, its score), one row per score."""
-        layers = cast(nn.Sequential, self.discriminator)
-        features = layers[:-1](self._packed(x))
+        layers = cast(nn.Sequential, self.discriminator)  # checked when the model was built
+        features = layers[:-1](pack_images(x, self.config.pack))
         return features, layers[-1](features).squeeze(1)
+
+    def _decoding_generator(self) -> nn.Module:
+        """The generator that decodes: the moving average with `ema` > 0, else the trained one."""
+        return self.generator if self.generator_ema is None else self.generator_ema
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The generator: z (B, D) -> images (B, C, H, W) in [0, 1]. With `ema` > 0, the moving
         average of its weights."""
-        generator = self.generator if self.generator_ema is None else self.generator_ema
-        return torch.sigmoid(generator(z))
+        return torch.sigmoid(self._decoding_generator()(z))
 
     def _fake(self, z: torch.Tensor) -> torch.Tensor:
         """The generator being trained (never the moving average): z -> images in [0, 1]."""
@@ -395,28 +294,24 @@ class GAN(GenerativeModel):
             )
             self.ema_updates.add_(1)
 
-    @torch.no_grad()
     def standing_statistics(
         self, batches: int = 1000, batch_size: int = 64, network: nn.Module | None = None
     ) -> None:
         """Recompute the batch-norm statistics of `network`, by default the generator that
         decodes (the moving average with `ema`), as the mean over `batches` seeded batches of
-        `batch_size` codes ("standing
-        statistics", Brock et al. 2019, appendix C.1), with torch's `update_bn`. Training leaves
-        the statistics of its last few batches (momentum 0.1), and the moving average copies the
-        trained generator's, which were measured with other weights. 1000 batches by default
+        `batch_size` codes (see `moving_average.standing_statistics`). 1000 batches by default
         (64000 codes): with 100, the largest class-share deviation from uniform of one MNIST
         generator's 10000 samples ranged over 14.8-23.1% between three seeds of the statistics."""
-        if network is None:
-            network = self.generator if self.generator_ema is None else self.generator_ema
-        seeded = torch.Generator().manual_seed(0)
-        codes = (self.sample_latent(batch_size, generator=seeded) for _ in range(batches))
-        update_bn(codes, network)
+        network = self._decoding_generator() if network is None else network
+        standing_statistics(
+            network, lambda n, seeded: self.sample_latent(n, generator=seeded), batches, batch_size
+        )
 
     def on_train_end(self, batches: Iterable[torch.Tensor]) -> None:
         """Standing batch-norm statistics for sampling, at the training batch size."""
         self.standing_statistics(batch_size=self.train_config.batch_size)
 
+    # ---- training ------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """[discriminator optimizer, generator optimizer], each with its own learning rate and
         the GAN's betas (train.optimizer chooses the kind)."""
@@ -432,11 +327,16 @@ class GAN(GenerativeModel):
         fake: torch.Tensor,
         generator: torch.Generator | None = None,
         r1_weight: float = 1.0,
-    ) -> tuple[GANLoss, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The discriminator's loss with its gradient penalty: WGAN-GP's, or R1 scaled by
-        `r1_weight` (lazy R1 passes r1_every on the steps that compute it and 0 on the others);
-        then D(x), D(G(z)) and D's last hidden layer on x, detached (for feature matching)."""
-        real_features, real_scores = self._features_and_score(x)
+    ) -> DiscriminatorTerms:
+        """The discriminator's loss on real x and generated `fake`, with its gradient penalty:
+        WGAN-GP's (mixing weights from `generator`), or R1 scaled by `r1_weight` (lazy R1 passes
+        r1_every on the steps that compute it and 0 on the others)."""
+        real_features: torch.Tensor | None = None
+        if self.config.feature_matching:  # only then split: your discriminator may not split
+            real_features, real_scores = self._features_and_score(x)
+            real_features = real_features.detach()
+        else:
+            real_scores = self.score(x)
         fake_scores = self.score(fake)
         d_loss, _ = gan_losses(self.config.loss, real_scores, fake_scores)
         gp = torch.zeros((), device=x.device)
@@ -445,15 +345,90 @@ class GAN(GenerativeModel):
             d_loss = d_loss + self.config.gp_weight * gp
         elif self.config.r1 and r1_weight:
             gp = r1_weight * r1_penalty(self.score, x)
-            d_loss = d_loss + 0.5 * self.config.r1 * gp
-        detached = (real_scores.detach(), fake_scores.detach(), real_features.detach())
-        return (GANLoss(d_loss, gp), *detached)
+            d_loss = d_loss + 0.5 * self.config.r1 * gp  # gamma / 2 (Mescheder et al. 2018, eq. 9)
+        return DiscriminatorTerms(
+            d_loss, gp, real_scores.detach(), fake_scores.detach(), real_features
+        )
+
+    def _next_r1_weight(self) -> float:
+        """The weight of R1 in the next discriminator step, and one step counted. Lazy R1
+        (Karras et al. 2020, section 3.1): computed every r1_every steps only, weighted by
+        r1_every, so its average over steps is unchanged; 0 on the other steps and with r1 off."""
+        if self.config.r1 <= 0:
+            return 0.0
+        if self._r1_step is None:  # first step since building or loading the model
+            self._r1_step = int(self.r1_updates)
+        every = self.config.r1_every
+        weight = float(every) if self._r1_step % every == 0 else 0.0
+        self._r1_step += 1
+        self.r1_updates.fill_(self._r1_step)
+        return weight
+
+    def _discriminator_step(
+        self, x: torch.Tensor, opt_d: torch.optim.Optimizer
+    ) -> DiscriminatorResult:
+        """One discriminator step: real batch x against as many new generated images."""
+        with torch.no_grad(), self.autocast():
+            fake = self._fake(self.sample_latent(len(x)))
+        r1_weight = self._next_r1_weight()
+        with self.autocast():
+            terms = self._discriminator_loss(x, fake, None, r1_weight)
+        l1, l2 = self.penalties(self.discriminator)
+        loss = terms.loss + l1 + l2
+        self.optimizer_step(opt_d, loss, self.discriminator.parameters())
+        return DiscriminatorResult(terms, loss, l1, l2)
+
+    def _generator_step(
+        self, x: torch.Tensor, opt_g: torch.optim.Optimizer, d: DiscriminatorTerms
+    ) -> GeneratorResult:
+        """One generator step against the discriminator as the last step `d` left it, then one
+        update of the moving average. Feature matching compares with d's real features."""
+        with _frozen(self.discriminator):
+            with self.autocast():
+                fake = self._fake(self.sample_latent(len(x)))
+                if d.real_features is not None:  # feature matching is on
+                    # the real features of the last discriminator step: no extra forward pass
+                    fake_features, scores = self._features_and_score(fake)
+                    matching = feature_matching(fake_features.float(), d.real_features.float())
+                else:
+                    scores, matching = self.score(fake), torch.zeros((), device=x.device)
+                _, adversarial = gan_losses(self.config.loss, d.real_scores, scores)
+            l1, l2 = self.penalties(self.generator)
+            loss = adversarial + self.config.feature_matching * matching + l1 + l2
+            self.optimizer_step(opt_g, loss, self.generator.parameters())
+            self._update_ema()
+        return GeneratorResult(loss, l1, l2, matching, fake)
 
     def _mean_outputs(self, scores: torch.Tensor) -> torch.Tensor:
         """D's mean output: a probability for the non-saturating loss, else the raw score."""
         return (
             torch.sigmoid(scores).mean() if self.config.loss == "nonsaturating" else scores.mean()
         )
+
+    def _logged_terms(
+        self, x: torch.Tensor, d: DiscriminatorResult, g: GeneratorResult
+    ) -> dict[str, torch.Tensor]:
+        """The terms `training_step` returns, detached, in one stacked tensor's float32 rows."""
+        with torch.no_grad():
+            diversity = _pairwise_spread(g.fake.float()) / _pairwise_spread(x).clamp_min(1e-8)
+        values = torch.stack(
+            [
+                d.loss.detach(),
+                g.loss.detach(),
+                self._mean_outputs(d.terms.real_scores),
+                self._mean_outputs(d.terms.fake_scores),
+                d.terms.gp.detach(),
+                diversity,
+                (d.l1 + g.l1).detach(),
+                (d.l2 + g.l2).detach(),
+                (d.loss + g.loss).detach(),
+            ]
+        ).float()
+        keys = ("d_loss", "g_loss", "d_real", "d_fake", "gp", "diversity", "l1", "l2", "total")
+        logged = dict(zip(keys, values, strict=True))
+        if self.config.feature_matching:
+            logged["matching"] = g.matching.detach().float()
+        return logged
 
     def training_step(
         self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
@@ -466,65 +441,10 @@ class GAN(GenerativeModel):
         l1, l2, and total = d_loss + g_loss, which neither player minimises: it is logged so the
         trainer can watch it for divergence."""
         opt_d, opt_g = optimizers
-        d_params = list(self.discriminator.parameters())
-        g_params = list(self.generator.parameters())
-        every = self.config.r1_every
-        for _ in range(self.config.d_steps):
-            with torch.no_grad(), self.autocast():
-                fake = self._fake(self.sample_latent(len(x)))
-            r1_weight = 0.0
-            if self.config.r1 > 0:
-                if self._r1_step is None:  # first step since building or loading the model
-                    self._r1_step = int(self.r1_updates)
-                r1_weight = float(every) if self._r1_step % every == 0 else 0.0
-                self._r1_step += 1
-                self.r1_updates.fill_(self._r1_step)
-            with self.autocast():
-                terms, real_scores, fake_scores, real_features = self._discriminator_loss(
-                    x, fake, None, r1_weight
-                )
-            d_l1, d_l2 = self.penalties(self.discriminator)
-            d_loss = terms.discriminator + d_l1 + d_l2
-            self.optimizer_step(opt_d, d_loss, d_params)
-        for p in d_params:  # the generator step needs no gradients for D's weights
-            p.requires_grad_(False)
-        try:
-            with self.autocast():
-                fake = self._fake(self.sample_latent(len(x)))
-                if self.config.feature_matching:
-                    # the real features of the last discriminator step: no extra forward pass
-                    fake_features, scores = self._features_and_score(fake)
-                    matching = feature_matching(fake_features.float(), real_features.float())
-                else:
-                    scores, matching = self.score(fake), torch.zeros((), device=x.device)
-                _, g_adv = gan_losses(self.config.loss, real_scores, scores)
-            g_l1, g_l2 = self.penalties(self.generator)
-            g_loss = g_adv + self.config.feature_matching * matching + g_l1 + g_l2
-            self.optimizer_step(opt_g, g_loss, g_params)
-            self._update_ema()
-        finally:
-            for p in d_params:
-                p.requires_grad_(True)
-        with torch.no_grad():
-            diversity = _pairwise_spread(fake.float()) / _pairwise_spread(x).clamp_min(1e-8)
-        values = torch.stack(
-            [
-                d_loss.detach(),
-                g_loss.detach(),
-                self._mean_outputs(real_scores),
-                self._mean_outputs(fake_scores),
-                terms.gp.detach(),
-                diversity,
-                (d_l1 + g_l1).detach(),
-                (d_l2 + g_l2).detach(),
-                (d_loss + g_loss).detach(),
-            ]
-        ).float()
-        keys = ("d_loss", "g_loss", "d_real", "d_fake", "gp", "diversity", "l1", "l2", "total")
-        logged = dict(zip(keys, values, strict=True))
-        if self.config.feature_matching:
-            logged["matching"] = matching.detach().float()
-        return logged
+        for _ in range(self.config.d_steps):  # at least one (GANConfig.validate)
+            d = self._discriminator_step(x, opt_d)
+        g = self._generator_step(x, opt_g, d.terms)
+        return self._logged_terms(x, d, g)
 
     @torch.no_grad()
     def validation_step(self, x: torch.Tensor) -> dict[str, float]:
@@ -532,18 +452,18 @@ class GAN(GenerativeModel):
         weights) come from a fixed seed, so epochs are compared on the same draws."""
         seeded = torch.Generator().manual_seed(0)
         fake = self._fake(self.sample_latent(len(x), generator=seeded))
-        terms, real_scores, fake_scores, _ = self._discriminator_loss(x, fake, seeded)
-        _, g_loss = gan_losses(self.config.loss, real_scores, fake_scores)
+        terms = self._discriminator_loss(x, fake, seeded)
+        _, g_loss = gan_losses(self.config.loss, terms.real_scores, terms.fake_scores)
         diversity = _pairwise_spread(fake) / _pairwise_spread(x).clamp_min(1e-8)
         values = torch.stack(
             [
-                terms.discriminator,
+                terms.loss,
                 g_loss,
-                self._mean_outputs(real_scores),
-                self._mean_outputs(fake_scores),
+                self._mean_outputs(terms.real_scores),
+                self._mean_outputs(terms.fake_scores),
                 terms.gp,
                 diversity,
-                terms.discriminator + g_loss,
+                terms.loss + g_loss,
             ]
         ).tolist()
         keys = ("d_loss", "g_loss", "d_real", "d_fake", "gp", "diversity", "total")
@@ -621,7 +541,8 @@ class GAN(GenerativeModel):
     def encode(
         self, x: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """GAN inversion (see `invert`); the error reached is kept in `last_inversion_error`.
-        A GAN has no posterior, so `sample` changes nothing."""
-        codes, _ = self.invert(x)
+        """GAN inversion (see `invert`), its random starts drawn from `generator` (default: a
+        fixed seed, so the same x gives the same codes); the error reached is kept in
+        `last_inversion_error`. A GAN has no posterior, so `sample` changes nothing."""
+        codes, _ = self.invert(x, generator=generator)
         return codes
