@@ -14,7 +14,7 @@ from latentspace import runs
 from latentspace.config import Config, apply_overrides
 from latentspace.data import prepare_data
 from latentspace.errors import RunError, TrainingDiverged
-from latentspace.models import build_model
+from latentspace.models import MODELS, build_model
 from latentspace.train import StopTraining, Trainer
 
 
@@ -55,7 +55,7 @@ class _InterruptAfter:
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("model", ["vae", "ae"])
+@pytest.mark.parametrize("model", [n for n, cls in MODELS.items() if cls.monitor is not None])
 def test_resume_equals_uninterrupted(tmp_path: Path, tiny_config: Config, model: str) -> None:
     config = apply_overrides(
         tiny_config,
@@ -198,7 +198,9 @@ def test_loading_never_unpickles(tiny_run: Path) -> None:
     torch.save({"epoch": 2, "evil": Evil()}, tiny_run / "trainer_state.pt")
     run = ls.open_run(tiny_run)
     with pytest.raises(RunError, match="cannot be read"):
-        runs.read_trainer_state(tiny_run, build_model(run.config.model, run.image_shape, run.config.train))
+        runs.read_trainer_state(
+            tiny_run, build_model(run.config.model, run.image_shape, run.config.train)
+        )
 
 
 def test_run_files_get_the_usual_permissions(tiny_run: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from latentspace import runs
 from latentspace.config import load_config
-from latentspace.data import Batches, resolve
+from latentspace.data import BATCH, Batches, resolve
 from latentspace.errors import LatentspaceError
 from latentspace.imaging import save_grid
 from latentspace.train import average_terms, train
@@ -39,7 +39,7 @@ def main() -> int:
     model = run.model
     test = resolve("mnist:test")
     torch.manual_seed(0)
-    terms = average_terms(model, Batches(test.images, 500, device=model.device))
+    terms = average_terms(model, Batches(test.images, BATCH, device=model.device))
     samples = save_grid(
         model.generate(64, generator=torch.Generator().manual_seed(0)).cpu(),
         OUT / "samples.png",

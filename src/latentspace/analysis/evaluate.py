@@ -24,9 +24,8 @@ import torch
 from latentspace.data import (
     ImageSet,
     binarize_static,
-    named_dataset,
+    held_out,
     prepare_data,
-    resolve,
     to_float,
 )
 from latentspace.errors import ConfigError, DataError, RunError
@@ -68,12 +67,12 @@ def evaluation_set(run: Run, split: str = "test", limit: int | None = None) -> E
     trainer used) or train. Runs trained on binarized pixels get a fixed seeded binarization."""
     data = run.config.data
     if split == "test":
-        name = named_dataset(data.dataset)
-        if name is None:
+        chosen = held_out(run.config)
+        if chosen.split != "test" or chosen.images is None:
             raise DataError(
                 f"{data.dataset} has no test split (only named datasets do); use --split val"
             )
-        images = resolve(f"{name}:test")
+        images = chosen.images
     elif split in ("val", "train"):
         train_set, val_set = prepare_data(run.config)
         if split == "val" and val_set is None:

@@ -13,9 +13,9 @@ from latentspace.analysis import latent
 from latentspace.commands._common import add_device_arguments, load_input, open_run_for_use
 from latentspace.data import batched, load_image, named_dataset, split_reference, to_float
 from latentspace.errors import ConfigError, DataError
-from latentspace.settings import PRECISIONS
 from latentspace.imaging import save_grid
 from latentspace.runs import Run, append_metrics
+from latentspace.settings import PRECISIONS
 
 __all__ = ["load_one", "parse_dims", "register"]
 
