@@ -6,6 +6,10 @@ run = ls.train(config, "runs/mnist-vae")
 model = ls.load("runs/mnist-vae")
 z = model.encode(x)          # x: (B, C, H, W) in [0, 1] -> (B, latent_dim)
 images = model.decode(z)
+
+Your own networks (docs/adding-a-model.md): decorate the class in an importable module with
+`@ls.register_network`, build it as `Encoder(image_shape, features)`, and pass it:
+ls.train(config, "runs/mine", encoder=Encoder((1, 28, 28), 2 * config.model.latent_dim))
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from latentspace.errors import LatentspaceError
 from latentspace.models import (
     GAN,
     MODELS,
+    NETWORKS,
     VAE,
     AEConfig,
     AutoEncoder,
     GANConfig,
     GenerativeModel,
     VAEConfig,
+    register_network,
 )
 from latentspace.runs import Run, load_model, open_run
 from latentspace.train import Trainer, train
@@ -45,6 +51,7 @@ load = load_model
 __all__ = [
     "GAN",
     "MODELS",
+    "NETWORKS",
     "VAE",
     "AEConfig",
     "AutoEncoder",
@@ -64,6 +71,7 @@ __all__ = [
     "load",
     "load_config",
     "open_run",
+    "register_network",
     "resolve",
     "train",
 ]

@@ -1,5 +1,7 @@
 """Run directories: the one saved artefact. Every write is atomic (temp file, then rename), and
 loading executes no code from the files (JSON, safetensors, and `torch.load(weights_only=True)`).
+A run of your own networks names them in config.json by import path (`package.module:Name`); loading
+imports that installed module and builds them again, so nothing is unpickled.
 
     runs/NAME/
       config.json        format version, package version, image shape, the full resolved config
@@ -207,7 +209,12 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Gener
 def open_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     run_dir = Path(run_dir)
     config, image_shape, info = _read_config(run_dir)
-    model = build_model(config.model, image_shape, config.train)
+    try:
+        # networks named by import path (model.encoder / model.decoder) are imported here:
+        # installed code, never code from the run directory
+        model = build_model(config.model, image_shape, config.train)
+    except LatentspaceError as error:
+        raise RunError(f"{run_dir / CONFIG}: {error}") from None
     _load_weights(run_dir, model)
     model.to(device).eval()
     return Run(path=run_dir, config=config, image_shape=image_shape, model=model, info=info)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from latentspace import runs
@@ -24,7 +25,8 @@ from latentspace._device import configure_threads, select_device
 from latentspace.config import Config, TrainConfig
 from latentspace.data import Batches, ImageSet, prepare_data
 from latentspace.errors import ConfigError, RunError, TrainingDiverged
-from latentspace.models import GenerativeModel, build_model
+from latentspace.models import GenerativeModel, build_model, check_rebuilds
+from latentspace.models.networks import registered_path
 
 __all__ = ["Callback", "StopTraining", "Trainer", "average_terms", "train"]
 
@@ -341,10 +343,30 @@ class Trainer:
         _call(self.callbacks, "on_train_end", self)
 
 
+def _name_networks(config: Config, networks: dict[str, nn.Module]) -> Config:
+    """`config` with the import path of each given network (key "encoder" or "decoder") in
+    model.<key>, so config.json records how to rebuild it."""
+    paths = {key: registered_path(module, key) for key, module in networks.items()}
+    for key, path in paths.items():
+        if not hasattr(config.model, key):
+            raise ConfigError(f"a {config.model_name} model takes no {key}= network")
+        named = getattr(config.model, key)
+        if named and named != path:
+            raise ConfigError(
+                f"model.{key} = {named!r} but the {key} given is {path}: "
+                f"pass one of them (or set model.{key} = {path!r})"
+            )
+    if not paths:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, **paths))
+
+
 def train(
     config: Config,
     out: str | Path,
     *,
+    encoder: nn.Module | None = None,
+    decoder: nn.Module | None = None,
     resume: bool = False,
     callbacks: Sequence[object] = (),
     quiet: bool = False,
@@ -353,14 +375,26 @@ def train(
 ) -> runs.Run:
     """Train a model as `config` says, into the run directory `out`; returns the opened run.
 
+    encoder, decoder: your own networks (see `latentspace.register_network`), trained in place
+    from their current weights. Their classes (or the functions that built them) must be
+    registered in an importable module: config.json records the import path in model.encoder /
+    model.decoder, and a run is loaded again by building them from it, never from pickled code.
     resume=True continues the run in `out` from its last completed epoch (its own config is used,
-    with `config.train.epochs` as the new target). diagnostics=True adds the sampled gradient and
-    activation measurements of `latentspace.diagnostics` (diagnostics.jsonl, plain warnings)."""
+    with `config.train.epochs` as the new target; its networks are built from that config).
+    diagnostics=True adds the sampled gradient and activation measurements of
+    `latentspace.diagnostics` (diagnostics.jsonl, plain warnings)."""
+    networks = {k: v for k, v in (("encoder", encoder), ("decoder", decoder)) if v is not None}
+    run_dir = Path(out)
+    if resume and networks:
+        raise ConfigError(
+            f"resume=True builds the networks from {run_dir / runs.CONFIG} and loads their "
+            "weights: do not pass encoder= or decoder="
+        )
+    config = _name_networks(config, networks)
     if diagnostics:
         from latentspace.diagnostics import Diagnostics
 
         callbacks = [Diagnostics(), *callbacks]
-    run_dir = Path(out)
     if resume:
         saved, image_shape, _ = runs.read_run_config(run_dir)
         config = dataclasses.replace(
@@ -377,7 +411,9 @@ def train(
             f"{run_dir} was trained on {image_shape} images but {config.data.dataset} "
             f"now gives {train_set.image_shape}"
         )
-    model = build_model(config.model, train_set.image_shape, config.train)
+    model = build_model(config.model, train_set.image_shape, config.train, **networks)
+    if networks:  # the run must load again from config.json alone: check that before training
+        check_rebuilds(model, config.model, train_set.image_shape, config.train)
     extra = {
         "classes": train_set.classes,
         "train_images": len(train_set),

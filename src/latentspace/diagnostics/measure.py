@@ -27,11 +27,22 @@ class Layer:
 
 def find_layers(model: nn.Module) -> list[Layer]:
     """Trained weighted layers (a module with a weight matrix or kernel that requires gradients)
-    in forward-definition order,
-    named "<top-level module> layer k" (1-based within it), each with its following activations."""
+    in definition order, named "<top-level module> layer k" (1-based within it), each with the
+    activation modules that follow it in the same nn.Sequential.
+
+    Any network's weights are found, so gradients and updates are measured for your own networks
+    too. Activations are paired with a layer only inside an nn.Sequential, whose order is the
+    order of the forward pass; elsewhere (a custom `forward`, or functional activations) the
+    order of definition says nothing about what follows what, so those activations are not
+    measured rather than measured under the wrong layer's name."""
     layers: list[Layer] = []
     counts: dict[str, int] = {}
+    # the nn.Sequential (by name) that holds the last layer found; None when it is not in one
+    last_sequence: str | None = None
+    containers = dict(model.named_modules())
     for qualname, module in model.named_modules():
+        parent, _, _ = qualname.rpartition(".")
+        in_sequence = isinstance(containers.get(parent), nn.Sequential) and qualname != ""
         weight = getattr(module, "weight", None)
         if nn.utils.parametrize.is_parametrized(module, "weight"):  # e.g. spectral norm
             weight = module.parametrizations.weight.original
@@ -47,13 +58,23 @@ def find_layers(model: nn.Module) -> list[Layer]:
                     bias if isinstance(bias, nn.Parameter) else None,
                 )
             )
-        elif isinstance(module, nn.ReLU | nn.Sigmoid | nn.Tanh) and layers:
+            last_sequence = parent if in_sequence else None
+        elif (
+            isinstance(module, nn.ReLU | nn.Sigmoid | nn.Tanh)
+            and layers
+            and in_sequence
+            and parent == last_sequence
+        ):
             layers[-1].activations.append(module)
     return layers
 
 
 def _activation_name(module: nn.Module) -> str:
-    return {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}[type(module)]
+    # isinstance, not a lookup by type: a subclass of nn.ReLU is still a ReLU
+    for kind, name in ((nn.ReLU, "relu"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh")):
+        if isinstance(module, kind):
+            return name
+    raise ValueError(f"{type(module).__name__} is not a watched activation")
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latentspace.errors import ConfigError
 from latentspace.models.autoencoder import AEConfig, AutoEncoder
 from latentspace.models.base import GenerativeModel
 from latentspace.models.gan import GAN, GANConfig
@@ -27,6 +28,7 @@ __all__ = [
     "NetworkConfig",
     "VAEConfig",
     "build_model",
+    "check_rebuilds",
     "register_network",
 ]
 
@@ -60,3 +62,28 @@ def build_model(
         # Module.to(memory_format=...) is documented, but not in torch's type stubs
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
+
+
+def check_rebuilds(
+    model: GenerativeModel,
+    config: object,
+    image_shape: tuple[int, int, int],
+    train: TrainConfig | None = None,
+) -> None:
+    """A one-line ConfigError unless a model built from `config` alone (its networks by the
+    import paths in model.encoder / model.decoder) has the weights of `model`, which was built
+    from networks given as modules, by name and shape: that is how a saved run is loaded again.
+    Drawing the rebuilt weights leaves torch's random state as it was, so training that follows
+    is the same with or without this check."""
+    with torch.random.fork_rng(devices=[]):
+        rebuilt = build_model(config, image_shape, train).state_dict()
+    given = model.state_dict()
+    for key in sorted(set(given) | set(rebuilt)):
+        ours, theirs = given.get(key), rebuilt.get(key)
+        if ours is None or theirs is None or ours.shape != theirs.shape:
+            shapes = [tuple(t.shape) if t is not None else "absent" for t in (ours, theirs)]
+            raise ConfigError(
+                f"the given networks cannot be rebuilt from their registered factories: {key} is "
+                f"{shapes[0]} in the model but {shapes[1]} when built as factory(image_shape, "
+                "features); build each network by calling its registered factory that way"
+            )

@@ -106,9 +106,11 @@ class AutoEncoder(GenerativeModel):
         self, x: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """The code; an autoencoder is deterministic, so `sample` changes nothing."""
+        self.check_images(x)
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        self.check_codes(z)
         return mean_image(self.decoder(z))
 
     @torch.no_grad()

@@ -77,8 +77,10 @@ class GenerativeModel(nn.Module):
 
     What a family can do is declared here, never inferred by a caller from its class or name:
     `monitor` (the validation term that early stopping and tuning minimise, or None), `loss`
-    (its training loss on a batch, where it has one) and `likelihood_bound` (a bound on log p(x),
-    where it defines one; `has_likelihood()` says so without building a model)."""
+    (its training loss on a batch, where it has one; `has_loss()`) and `likelihood_bound` (a bound
+    on log p(x), where it defines one; `has_likelihood()`); both say so without building a model.
+    `encode` and `decode` check their input with `check_images` / `check_codes`, so a wrong shape
+    is a one-line error rather than a matrix-size message from deep inside a network."""
 
     name: ClassVar[str]
     config_class: ClassVar[type]
@@ -108,6 +110,11 @@ class GenerativeModel(nn.Module):
     def has_likelihood(cls) -> bool:
         """Whether the family defines `likelihood_bound`."""
         return cls.likelihood_bound is not GenerativeModel.likelihood_bound
+
+    @classmethod
+    def has_loss(cls) -> bool:
+        """Whether the family defines `loss` (one differentiable training loss)."""
+        return cls.loss is not GenerativeModel.loss
 
     def check_images(self, x: torch.Tensor) -> None:
         """A one-line error unless x is a (B, C, H, W) batch of this model's image shape."""

@@ -17,9 +17,10 @@ probe batch before training, with a one-line error naming the expected and actua
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -36,6 +37,7 @@ __all__ = [
     "make_encoder",
     "network_path",
     "register_network",
+    "registered_path",
 ]
 
 NetworkFactory = Callable[[tuple[int, int, int], int], nn.Module]
@@ -43,6 +45,9 @@ F = TypeVar("F", bound=Callable[..., nn.Module])
 
 # import path -> factory; filled by @register_network when the defining module is imported
 NETWORKS: dict[str, NetworkFactory] = {}
+# the attribute a module built by a registered function (not a class) carries: that function's
+# path, since the module's own class (often nn.Sequential) says nothing about how to rebuild it
+_BUILT_BY = "_latentspace_network"
 
 
 def network_path(factory: Callable[..., Any]) -> str:
@@ -53,9 +58,44 @@ def network_path(factory: Callable[..., Any]) -> str:
 def register_network(factory: F) -> F:
     """Register a network class or factory `factory(image_shape, features) -> nn.Module` under its
     import path, so a config can name it and a saved run can build it again. Its module must be
-    importable (not `__main__`) for a run to reload in another process."""
-    NETWORKS[network_path(factory)] = factory
-    return factory
+    importable (not `__main__`) for a run to reload in another process.
+
+    A decorated class is returned unchanged; a decorated function is wrapped so that the modules
+    it builds remember it (`registered_path` then finds it from the module alone)."""
+    path = network_path(factory)
+    if isinstance(factory, type):
+        NETWORKS[path] = factory
+        return factory
+
+    @functools.wraps(factory)
+    def build(*args: Any, **kwargs: Any) -> nn.Module:
+        module = factory(*args, **kwargs)
+        # a plain attribute: not in state_dict, but kept by copy.deepcopy
+        object.__setattr__(module, _BUILT_BY, path)
+        return module
+
+    NETWORKS[path] = build
+    return cast(F, build)
+
+
+def registered_path(module: nn.Module, key: str) -> str:
+    """The import path a network given as a module is saved under: that of the registered
+    function that built it, else that of its registered class. A one-line ConfigError when
+    neither is registered, or when it is defined in `__main__` (no other process can import
+    that, so the run could not be reloaded). key: how the caller names it (`encoder`)."""
+    name = type(module).__name__
+    path = getattr(module, _BUILT_BY, None) or network_path(type(module))
+    if path not in NETWORKS:
+        raise ConfigError(
+            f"{key} = {name}(...) is not a registered network: register it with "
+            "@latentspace.register_network on its class (or on the function that builds it)"
+        )
+    if path.partition(":")[0] == "__main__":
+        raise ConfigError(
+            f"{key} = {name}(...) is defined in __main__, which a saved run cannot import again: "
+            "move it into an importable module (a .py file beside your script) and import it"
+        )
+    return path
 
 
 def _resolve(path: str, key: str) -> NetworkFactory:
@@ -71,6 +111,11 @@ def _resolve(path: str, key: str) -> NetworkFactory:
             raise ConfigError(
                 f"{key} = {path!r}: cannot import {module} ({error}); install or put on the "
                 "Python path the module that defines the network"
+            ) from None
+        except Exception as error:  # the module itself is broken: say so, in one line
+            detail = f"{type(error).__name__}: {error}".splitlines()[0]
+            raise ConfigError(
+                f"{key} = {path!r}: importing {module} failed ({detail}); fix that module"
             ) from None
     if path not in NETWORKS:
         raise ConfigError(

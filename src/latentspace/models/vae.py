@@ -112,6 +112,7 @@ class VAE(GenerativeModel):
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W) -> mu, logvar: (B, D) each."""
+        self.check_images(x)
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)  # clamp keeps exp() finite
 
@@ -159,6 +160,7 @@ class VAE(GenerativeModel):
         return mu + eps * (0.5 * logvar).exp()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        self.check_codes(z)
         return mean_image(self.decoder(z))
 
     @torch.no_grad()
