@@ -237,15 +237,7 @@ def test_weight_penalties(family: str, networks: str) -> None:
 # ---- errors --------------------------------------------------------------------------------
 # Families whose encode/decode do not yet call check_images/check_codes: the one place the suite
 # names families. strict, so the mark must go when the family checks its inputs.
-_INPUTS_NOT_CHECKED_YET = {
-    "gan": "models/gan.py: GAN.encode/decode do not call check_images/check_codes"
-}
-
-
-def test_wrong_input_shape_is_a_one_line_error(family: str, request: pytest.FixtureRequest) -> None:
-    if family in _INPUTS_NOT_CHECKED_YET:
-        reason = _INPUTS_NOT_CHECKED_YET[family]
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+def test_wrong_input_shape_is_a_one_line_error(family: str) -> None:
     model = build(family, "mlp").eval()
     c, h, w = SHAPE
     expected = f"(B, {c}, {h}, {w})"

@@ -304,6 +304,17 @@ def test_a_discriminator_of_your_own_trains_but_cannot_be_split(tiny_npz: Path) 
             build(gan_config(tiny_npz, own, f"model.{key}={value}"))
 
 
+def test_dcgan_init_leaves_a_network_of_your_own_as_it_was_given(tiny_npz: Path) -> None:
+    config = gan_config(tiny_npz, "model.architecture=conv", "model.channels=4,8")
+    own = TinyCritic((1, 12, 12), 1)
+    given = {k: v.clone() for k, v in own.state_dict().items()}
+    model = ls.models.build_model(config.model, (1, 12, 12), config.train, encoder=own)
+    assert model.discriminator is own
+    assert all(torch.equal(v, given[k]) for k, v in own.state_dict().items())
+    generator = [m for m in model.generator.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert generator and all(float(m.weight.detach().std()) < 0.03 for m in generator)  # N(0, .02)
+
+
 def test_epoch_warnings_name_the_numbers(tiny_npz: Path) -> None:
     model, _ = build(gan_config(tiny_npz))
     calm = {"train": {"d_real": 0.7, "d_fake": 0.3, "diversity": 0.9, "d_loss": 1.0}}

@@ -26,7 +26,8 @@ from latentspace.config import Config, TrainConfig
 from latentspace.data import Batches, ImageSet, prepare_data
 from latentspace.errors import ConfigError, RunError, TrainingDiverged
 from latentspace.models import GenerativeModel, build_model, check_rebuilds
-from latentspace.models.networks import registered_path
+from latentspace.models.base import diverging_lr
+from latentspace.models.networks import name_networks
 
 __all__ = ["Callback", "StopTraining", "Trainer", "average_terms", "train"]
 
@@ -87,8 +88,7 @@ def average_terms(model: GenerativeModel, batches: Iterable[torch.Tensor]) -> di
 
 
 def _divergence_advice(train: TrainConfig) -> str:
-    high = {"sgd": 0.1, "adam": 0.01, "adamw": 0.01}[train.optimizer]
-    if train.lr >= high:
+    if train.lr >= diverging_lr(train.optimizer):
         return (
             f"learning rate {train.lr:g} is probably too high for {train.optimizer}; "
             f"try --lr {train.lr / 10:g}"
@@ -343,24 +343,6 @@ class Trainer:
         _call(self.callbacks, "on_train_end", self)
 
 
-def _name_networks(config: Config, networks: dict[str, nn.Module]) -> Config:
-    """`config` with the import path of each given network (key "encoder" or "decoder") in
-    model.<key>, so config.json records how to rebuild it."""
-    paths = {key: registered_path(module, key) for key, module in networks.items()}
-    for key, path in paths.items():
-        if not hasattr(config.model, key):
-            raise ConfigError(f"a {config.model_name} model takes no {key}= network")
-        named = getattr(config.model, key)
-        if named and named != path:
-            raise ConfigError(
-                f"model.{key} = {named!r} but the {key} given is {path}: "
-                f"pass one of them (or set model.{key} = {path!r})"
-            )
-    if not paths:
-        return config
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, **paths))
-
-
 def train(
     config: Config,
     out: str | Path,
@@ -390,7 +372,7 @@ def train(
             f"resume=True builds the networks from {run_dir / runs.CONFIG} and loads their "
             "weights: do not pass encoder= or decoder="
         )
-    config = _name_networks(config, networks)
+    config = dataclasses.replace(config, model=name_networks(config.model, networks))
     if diagnostics:
         from latentspace.diagnostics import Diagnostics
 

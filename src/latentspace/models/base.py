@@ -18,14 +18,21 @@ from latentspace.errors import DataError
 from latentspace.models.layers import weight_penalties
 from latentspace.settings import TrainConfig
 
-__all__ = ["GenerativeModel", "LikelihoodBound", "LossTerms", "make_optimizer"]
+__all__ = ["GenerativeModel", "LikelihoodBound", "LossTerms", "diverging_lr", "make_optimizer"]
 
-# optimizer name -> (class, the options it takes from TrainConfig); keyed by settings.OPTIMIZERS
-_OPTIMIZERS: dict[str, tuple[Any, Callable[[TrainConfig, tuple[float, float]], dict[str, Any]]]] = {
-    "sgd": (torch.optim.SGD, lambda train, betas: {"momentum": train.momentum}),
-    "adam": (torch.optim.Adam, lambda train, betas: {"betas": betas}),
-    "adamw": (torch.optim.AdamW, lambda train, betas: {"betas": betas}),
+_Options = Callable[[TrainConfig, tuple[float, float]], dict[str, Any]]
+# optimizer name (settings.OPTIMIZERS) -> (class, the options it takes from TrainConfig, the
+# learning rate from which it usually diverges on these models: the trainer's advice names it)
+_OPTIMIZERS: dict[str, tuple[Any, _Options, float]] = {
+    "sgd": (torch.optim.SGD, lambda train, betas: {"momentum": train.momentum}, 0.1),
+    "adam": (torch.optim.Adam, lambda train, betas: {"betas": betas}, 0.01),
+    "adamw": (torch.optim.AdamW, lambda train, betas: {"betas": betas}, 0.01),
 }
+
+
+def diverging_lr(optimizer: str) -> float:
+    """The learning rate from which `optimizer` usually diverges (the advice after a divergence)."""
+    return float(_OPTIMIZERS[optimizer][2])
 
 
 class LossTerms(Protocol):
@@ -63,7 +70,7 @@ def make_optimizer(
     """
     lr = train.lr if lr is None else lr
     params = list(params)
-    cls, take_options = _OPTIMIZERS[train.optimizer]
+    cls, take_options, _ = _OPTIMIZERS[train.optimizer]
     options = take_options(train, train.betas if betas is None else betas)
     try:
         return cls(params, lr=lr, weight_decay=train.weight_decay, fused=True, **options)

@@ -246,8 +246,11 @@ class GAN(GenerativeModel):
             generator = with_batch_norm(generator)
         self.generator = generator
         self.discriminator = _build_discriminator(config, image_shape, encoder)
-        if config.architecture == "conv":
-            dcgan_init(self)
+        if config.architecture == "conv":  # DCGAN's init for the built-in networks, not yours
+            if decoder is None and not config.decoder:
+                dcgan_init(self.generator)
+            if encoder is None and not config.encoder:
+                dcgan_init(self.discriminator)
         if config.spectral_norm:
             spectral_normalise(self.discriminator)
         # the moving average starts as a copy of the initial generator; a buffer counts its updates
@@ -281,6 +284,7 @@ class GAN(GenerativeModel):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The generator: z (B, D) -> images (B, C, H, W) in [0, 1]. With `ema` > 0, the moving
         average of its weights."""
+        self.check_codes(z)
         return torch.sigmoid(self._decoding_generator()(z))
 
     def _fake(self, z: torch.Tensor) -> torch.Tensor:
@@ -512,6 +516,7 @@ class GAN(GenerativeModel):
         Adam on the codes for `steps` steps from `restarts` random starts per image (all in one
         batch), keeping the start that ends closest. Deterministic: starts come from `generator`,
         or a fixed seed."""
+        self.check_images(x)
         steps = self.config.inversion_steps if steps is None else steps
         restarts = self.config.inversion_restarts if restarts is None else restarts
         generator = generator or torch.Generator().manual_seed(0)

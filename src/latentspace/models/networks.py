@@ -17,6 +17,7 @@ probe batch before training, with a one-line error naming the expected and actua
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from collections.abc import Callable
@@ -35,6 +36,7 @@ __all__ = [
     "check_encoder",
     "make_decoder",
     "make_encoder",
+    "name_networks",
     "network_path",
     "register_network",
     "registered_path",
@@ -208,3 +210,21 @@ def make_decoder(
         module = _resolve(config.decoder, "model.decoder")(image_shape, config.latent_dim)
     check_decoder(module, image_shape, config.latent_dim)
     return module
+
+
+def name_networks(config: Any, networks: dict[str, nn.Module]) -> Any:
+    """The model config `config` with the import path of each given network (key "encoder" or
+    "decoder") in its field of that name, so config.json records how to rebuild it."""
+    paths = {key: registered_path(module, key) for key, module in networks.items()}
+    for key, path in paths.items():
+        if not hasattr(config, key):
+            raise ConfigError(f"a {config.name} model takes no {key}= network")
+        named = getattr(config, key)
+        if named and named != path:
+            raise ConfigError(
+                f"model.{key} = {named!r} but the {key} given is {path}: "
+                f"pass one of them (or set model.{key} = {path!r})"
+            )
+    if not paths:
+        return config
+    return dataclasses.replace(config, **paths)
