@@ -10,6 +10,7 @@ from latentspace.commands._common import add_override_argument
 from latentspace.config import Config, apply_overrides, load_config
 from latentspace.errors import ConfigError
 from latentspace.models import DEFAULT_MODEL, MODELS
+from latentspace.models.layers import ACTIVATIONS
 from latentspace.settings import CHOICES, DataConfig, TrainConfig
 from latentspace.train import train
 
@@ -29,7 +30,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "lr": ("train.lr", "learning rate"),
     "latent_dim": ("model.latent_dim", "dimensions of the code"),
     "hidden": ("model.hidden_sizes", "neurons per hidden layer, e.g. 512,256"),
-    "activation": ("model.activation", "relu, sigmoid, tanh, leaky_relu, gelu, silu"),
+    "activation": ("model.activation", "the hidden layers' activation function"),
     "l1": ("train.l1", "L1 penalty coefficient on the weights"),
     "l2": ("train.l2", "L2 penalty coefficient on the weights"),
     "optimizer": ("train.optimizer", "optimizer"),
@@ -46,7 +47,8 @@ FLAGS: dict[str, tuple[str, str]] = {
 
 
 def _choices(key: str) -> tuple[str, ...] | None:
-    return tuple(MODELS) if key == "model.name" else CHOICES.get(key)
+    families = {"model.name": tuple(MODELS), "model.activation": tuple(ACTIVATIONS)}
+    return families.get(key, CHOICES.get(key))
 
 
 def _default(key: str) -> object:
