@@ -28,6 +28,18 @@ def make_images(n: int = 64, size: int = 12, channels: int = 1, seed: int = 0) -
     return array
 
 
+class InterruptAfter:
+    """A trainer callback that raises KeyboardInterrupt (like Ctrl-C) after epoch `epoch` is
+    saved: what an interrupted run leaves behind."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer: object, record: dict[str, object]) -> None:
+        if record["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)

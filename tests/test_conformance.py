@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import latentspace as ls
+from conftest import InterruptAfter
 from latentspace import runs
 from latentspace.config import Config, apply_overrides
 from latentspace.diagnostics import find_layers, measure_activations
@@ -330,15 +331,6 @@ def given_networks(
     }
 
 
-class _InterruptAfter:
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
-        if record["epoch"] == self.epoch:
-            raise KeyboardInterrupt
-
-
 class _StartingWeights:
     """Records whether each given module is trained in place from its weights as given."""
 
@@ -371,7 +363,7 @@ def test_resume_equals_an_uninterrupted_run(
             config,
             tmp_path / "resumed",
             quiet=True,
-            callbacks=[_InterruptAfter(1)],
+            callbacks=[InterruptAfter(1)],
             **copy.deepcopy(given),
         )
     ls.train(config, tmp_path / "resumed", resume=True, quiet=True)

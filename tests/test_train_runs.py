@@ -10,6 +10,7 @@ import safetensors.torch
 import torch
 
 import latentspace as ls
+from conftest import InterruptAfter
 from latentspace import runs
 from latentspace.config import Config, apply_overrides
 from latentspace.data import prepare_data
@@ -46,15 +47,6 @@ def test_save_load_round_trip_is_exact(tiny_run: Path, tiny_npz: Path) -> None:
     assert torch.equal(g1, g2)
 
 
-class _InterruptAfter:
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
-        if record["epoch"] == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("model", [n for n, cls in MODELS.items() if cls.monitor is not None])
 def test_resume_equals_uninterrupted(tmp_path: Path, tiny_config: Config, model: str) -> None:
     config = apply_overrides(
@@ -69,7 +61,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tiny_config: Config, model:
     )
     ls.train(config, tmp_path / "straight", quiet=True)
     with pytest.raises(KeyboardInterrupt):
-        ls.train(config, tmp_path / "resumed", quiet=True, callbacks=[_InterruptAfter(2)])
+        ls.train(config, tmp_path / "resumed", quiet=True, callbacks=[InterruptAfter(2)])
     assert ls.open_run(tmp_path / "resumed").metrics[-1]["epoch"] == 2
     ls.train(config, tmp_path / "resumed", resume=True, quiet=True)
     straight = safetensors.torch.load_file(str(tmp_path / "straight" / "model.safetensors"))

@@ -127,54 +127,47 @@ def _resolve(path: str, key: str) -> NetworkFactory:
     return NETWORKS[path]
 
 
-def _probe_device(module: nn.Module) -> torch.device:
-    parameter = next(module.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+def _shape(dims: tuple[int | str, ...]) -> str:
+    return f"({', '.join(map(str, dims))})"
 
 
 @torch.no_grad()
-def check_encoder(module: nn.Module, image_shape: tuple[int, int, int], features: int) -> None:
-    """A one-line ConfigError unless `module` maps (2, C, H, W) images to (2, features)."""
+def _check(
+    module: nn.Module, role: str, what: str, given: tuple[int, ...], expected: tuple[int, ...]
+) -> None:
+    """Run `module` on a probe batch of shape `given` (B = 2; images uniform in [0, 1], codes
+    standard normal) and raise a one-line ConfigError unless its output has shape `expected`."""
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    probe = (
+        torch.rand(given, device=device) if what == "images" else torch.randn(given, device=device)
+    )
     was_training = module.training
     module.eval()
     try:
-        out = module(torch.rand(2, *image_shape, device=_probe_device(module)))
+        out = module(probe)
     except Exception as error:
         raise ConfigError(
-            f"the encoder {type(module).__name__} failed on images of shape (2, "
-            f"{', '.join(map(str, image_shape))}): {error}".splitlines()[0]
-        ) from None
-    finally:
-        module.train(was_training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, features):
-        actual = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(
-            f"the encoder {type(module).__name__} must map images (B, "
-            f"{', '.join(map(str, image_shape))}) to (B, {features}); it gave {actual} for B = 2"
-        )
-
-
-@torch.no_grad()
-def check_decoder(module: nn.Module, image_shape: tuple[int, int, int], latent_dim: int) -> None:
-    """A one-line ConfigError unless `module` maps (2, latent_dim) codes to (2, C, H, W)."""
-    was_training = module.training
-    module.eval()
-    try:
-        out = module(torch.randn(2, latent_dim, device=_probe_device(module)))
-    except Exception as error:
-        raise ConfigError(
-            f"the decoder {type(module).__name__} failed on codes of shape (2, {latent_dim}): "
+            f"the {role} {type(module).__name__} failed on {what} of shape {_shape(given)}: "
             f"{error}".splitlines()[0]
         ) from None
     finally:
         module.train(was_training)
-    expected = (2, *image_shape)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
         actual = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(
-            f"the decoder {type(module).__name__} must map codes (B, {latent_dim}) to (B, "
-            f"{', '.join(map(str, image_shape))}); it gave {actual} for B = 2"
+            f"the {role} {type(module).__name__} must map {what} {_shape(('B', *given[1:]))} to "
+            f"{_shape(('B', *expected[1:]))}; it gave {actual} for B = 2"
         )
+
+
+def check_encoder(module: nn.Module, image_shape: tuple[int, int, int], features: int) -> None:
+    """A one-line ConfigError unless `module` maps (2, C, H, W) images to (2, features)."""
+    _check(module, "encoder", "images", (2, *image_shape), (2, features))
+
+
+def check_decoder(module: nn.Module, image_shape: tuple[int, int, int], latent_dim: int) -> None:
+    """A one-line ConfigError unless `module` maps (2, latent_dim) codes to (2, C, H, W)."""
+    _check(module, "decoder", "codes", (2, latent_dim), (2, *image_shape))
 
 
 def make_encoder(
