@@ -12,7 +12,13 @@ from latentspace.errors import ConfigError
 def test_overrides_are_typed() -> None:
     config = apply_overrides(
         ls.default_config("vae"),
-        ["train.lr=3e-4", "model.hidden_sizes=400,200", "data.size=32", "model.bias=false"],
+        [
+            "train.lr=3e-4",
+            "model.hidden_sizes=400,200",
+            "data.dataset=photos",  # data.size applies to image folders only
+            "data.size=32",
+            "model.bias=false",
+        ],
     )
     assert config.train.lr == 3e-4
     assert config.model.hidden_sizes == (400, 200)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from latentspace.data import named_dataset
 from latentspace.errors import ConfigError
 from latentspace.models import DEFAULT_MODEL, MODELS
 from latentspace.settings import (
@@ -31,6 +32,7 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_dataset_settings",
     "config_from_dict",
     "config_to_dict",
     "default_config",
@@ -87,12 +89,20 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML files are UTF-8
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"config file {path} is a directory: give a .toml file (e.g. configs/demo.toml)"
+        ) from None
+    except OSError as error:  # permissions, a device, ...
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    return config_from_dict(raw, source=str(path))
+    config = config_from_dict(raw, source=str(path))
+    check_dataset_settings(config.data, str(path))
+    return config
 
 
 def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
@@ -122,7 +132,26 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
         train=replace_fields(config.train, grouped["train"], "train"),
     )
     validate_config(config)
+    if grouped["data"]:
+        check_dataset_settings(config.data)
     return config
+
+
+def check_dataset_settings(data: DataConfig, source: str = "") -> None:
+    """data.size and data.channels resize and convert an image folder; a named dataset has one
+    shape and would ignore them while config.json recorded them. Checked where a user writes the
+    data section (a TOML file, overrides, flags), not when a saved run is read: runs saved before
+    this check still open and resume."""
+    name = named_dataset(data.dataset)
+    if name is None:
+        return
+    for key in ("size", "channels"):
+        value = getattr(data, key)
+        if value is not None:
+            raise ConfigError(
+                f"{source + ': ' if source else ''}data.{key} = {value} applies to image folders "
+                f"only; {name!r} is a named dataset of one image shape: leave data.{key} out"
+            )
 
 
 def validate_config(config: Config) -> None:

@@ -9,6 +9,7 @@ nothing of latentspace's but its errors; `config.py` assembles a whole run's `Co
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ __all__ = [
     "SCHEDULES",
     "DataConfig",
     "TrainConfig",
+    "check_finite",
     "parse_value",
     "replace_fields",
     "validate_settings",
@@ -136,7 +138,10 @@ def parse_value(tp: Any, value: Any, where: str) -> Any:
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError("expected a number")
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # inf and nan pass every `> 0` check, then diverge
+                raise ValueError("expected a finite number")
+            return number
         if tp is str:
             if not isinstance(value, str):
                 raise ValueError("expected text")
@@ -161,9 +166,21 @@ def replace_fields(obj: Any, values: Mapping[str, Any], section: str) -> Any:
     return new
 
 
+def check_finite(obj: Any, section: str) -> None:
+    """Every float field of the dataclass `obj` (tuples of floats too) is a finite number: a
+    config built in Python skips `parse_value`, and inf or nan would pass every range check."""
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{section}.{field.name} = {value}: give a finite number")
+
+
 def validate_settings(data: DataConfig, train: TrainConfig) -> None:
     """Check values that are of the right type but impossible, before anything is trained."""
     sections = {"data": data, "train": train}
+    for section, obj in sections.items():
+        check_finite(obj, section)
     for key, choices in CHOICES.items():
         section, field = key.split(".")
         value = getattr(sections[section], field)

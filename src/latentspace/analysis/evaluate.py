@@ -41,6 +41,7 @@ __all__ = [
     "EvaluationSet",
     "active_units",
     "affordable_encodes",
+    "check_limit",
     "evaluate",
     "evaluation_set",
     "posterior_mean_variance",
@@ -66,6 +67,7 @@ def evaluation_set(run: Run, split: str = "test", limit: int | None = None) -> E
     """`split`: test (a named dataset's test split), val (the run's held-out images, the same the
     trainer used) or train. Runs trained on binarized pixels get a fixed seeded binarization."""
     data = run.config.data
+    check_limit(limit)
     if split == "test":
         chosen = held_out(run.config)
         if chosen.split != "test" or chosen.images is None:
@@ -83,7 +85,7 @@ def evaluation_set(run: Run, split: str = "test", limit: int | None = None) -> E
     if images.image_shape != run.image_shape:
         raise DataError(f"{images.source} gives {images.image_shape} images, not {run.image_shape}")
     if limit is not None:
-        images = images.head(max(1, limit))
+        images = images.head(limit)
     description = f"{images.source} {split} split, {len(images)} images"
     binarized = data.binarize != "none"
     if binarized:
@@ -97,6 +99,14 @@ def evaluation_set(run: Run, split: str = "test", limit: int | None = None) -> E
     else:
         description += ", grey pixels in [0, 1] as trained (not binarized)"
     return EvaluationSet(images, description, binarized)
+
+
+def check_limit(limit: int | None) -> None:
+    """A limit on the images evaluated is at least 1 (None: all of them)."""
+    if limit is not None and limit < 1:
+        raise ConfigError(
+            f"limit = {limit}: evaluate at least one image (leave the limit out for all of them)"
+        )
 
 
 # ---- pure functions ---------------------------------------------------------------------------
@@ -166,6 +176,7 @@ def evaluate(
     runs the decoder on the K samples with bfloat16 matrix products (everything else float32)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision = {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    check_limit(limit)
     model = run.model
     bounded = model.has_likelihood()
     if nll_samples and not bounded:

@@ -143,6 +143,12 @@ def load_one(spec: str, run: Run) -> tuple[torch.Tensor, str]:
     return image.unsqueeze(0), str(path)
 
 
+def _check_limit(limit: int | None) -> None:
+    """`--limit N` takes at least one image (left out: all of them)."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: give at least 1, or leave --limit out for all images")
+
+
 def parse_dims(text: str, latent_dim: int) -> list[int]:
     if text == "all":
         return list(range(latent_dim))
@@ -190,6 +196,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.nll_samples is not None and args.nll_samples < 0:
         raise ConfigError(f"--nll-samples {args.nll_samples} must be 0 or more")
+    _check_limit(args.limit)
     run = open_run_for_use(args)
     record = evaluate(
         run,
@@ -303,6 +310,7 @@ def _short(dims: list[int]) -> str:
 def run_map(args: argparse.Namespace) -> int:
     from latentspace.analysis.report import latent_map
 
+    _check_limit(args.limit)
     run = open_run_for_use(args)
     spec = args.dataset or run.config.data.dataset
     images = load_input(spec, run, args.limit)
@@ -316,6 +324,7 @@ def run_map(args: argparse.Namespace) -> int:
 def run_neighbours(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ConfigError(f"-k {args.k} must be at least 1")
+    _check_limit(args.limit)
     run = open_run_for_use(args)
     query, name = load_one(args.query, run)
     data = run.config.data.dataset

@@ -65,7 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="what trials minimise (default val_loss; fid for a family that minimises no "
         "validation loss)",
     )
-    parser.add_argument("--seed", type=int, help="sampler seed (worker i uses SEED+i)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="sampler seed: worker i of a new study uses SEED+i; a resumed or extended study "
+        "mixes in its trial count, so it never repeats earlier trials",
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads per worker (default 1)"
     )
@@ -133,9 +138,22 @@ def run_tune(args: argparse.Namespace) -> int:
         import tomllib
 
         try:
-            space_raw = tomllib.loads(args.space.read_text())
+            space_raw = tomllib.loads(args.space.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"space file {args.space} not found") from None
+        except IsADirectoryError:
+            raise ConfigError(
+                f"space file {args.space} is a directory: give a .toml file "
+                "(e.g. configs/tune-space.toml)"
+            ) from None
+        except OSError as error:
+            raise ConfigError(
+                f"cannot read space file {args.space}: {error.strerror or error}"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"space file {args.space} is not valid TOML (not UTF-8 text)"
+            ) from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"space file {args.space} is not valid TOML: {error}") from None
         space_source = str(args.space)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +15,16 @@ import torch
 
 from latentspace.commands._common import add_device_arguments, load_input, open_run_for_use
 from latentspace.data import batched
-from latentspace.errors import DataError
+from latentspace.errors import ConfigError, DataError
 from latentspace.imaging import save_grid, save_images
-from latentspace.runs import atomic_write
+from latentspace.runs import WEIGHTS, Run, atomic_write
 
-__all__ = ["register"]
+__all__ = ["MAX_GENERATE", "MAX_GENERATE_VALUES", "register", "weights_id"]
+
+# generate makes all its images in one pass and holds them as float32: at most this many images,
+# and at most this many pixel values (512 MiB; 10922 RGB 64x64 images), checked before allocating
+MAX_GENERATE = 100_000
+MAX_GENERATE_VALUES = 2**27
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,12 +49,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="a folder (one PNG per code) or grid.png"
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="decode codes that another run (other weights) made; their images mean nothing here",
+    )
     add_device_arguments(p)
     p.set_defaults(handler=run_decode)
 
     p = subparsers.add_parser("generate", help="new images from the model's prior")
     p.add_argument("run", type=Path)
-    p.add_argument("-n", type=int, default=64, help="how many images (default 64)")
+    p.add_argument(
+        "-n", type=int, default=64, help=f"how many images (default 64, at most {MAX_GENERATE:,})"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="grid.png, or a folder for single PNGs")
     add_device_arguments(p)
@@ -74,7 +89,18 @@ def _human(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
+def weights_id(run: Run) -> str:
+    """The SHA-256 of the run's model.safetensors: which weights made a codes file."""
+    digest = hashlib.sha256()
+    with (run.path / WEIGHTS).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def run_encode(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: give at least 1, or leave --limit out")
     run = open_run_for_use(args)
     images = load_input(args.input, run, args.limit)
     generator = torch.Generator().manual_seed(args.seed)
@@ -88,6 +114,7 @@ def run_encode(args: argparse.Namespace) -> int:
     payload: dict[str, Any] = {
         "codes": array,
         "run": np.array(str(run.path)),
+        "weights_sha256": np.array(weights_id(run)),  # decode refuses codes of other weights
         "source": np.array(images.source),
     }
     if images.labels is not None:
@@ -113,12 +140,19 @@ def run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_codes(path: Path, latent_dim: int) -> np.ndarray:
+def _read_codes(path: Path, latent_dim: int) -> tuple[np.ndarray, dict[str, str]]:
+    """The codes (N, latent_dim) of a codes file and what it says made them: "run" and
+    "weights_sha256" where it records them (older codes files lack the hash)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if "codes" not in data:
                 raise DataError(f"{path} has no 'codes' array; write it with `latentspace encode`")
             codes = data["codes"]
+            origin = {
+                key: str(data[key])
+                for key in ("run", "weights_sha256")
+                if key in data and data[key].ndim == 0
+            }
     except FileNotFoundError:
         raise DataError(f"codes file {path} not found") from None
     except (ValueError, OSError) as error:
@@ -129,7 +163,31 @@ def _read_codes(path: Path, latent_dim: int) -> np.ndarray:
         )
     if not np.isfinite(codes).all():
         raise DataError(f"codes in {path} contain NaN or infinite values")
-    return codes
+    return codes, origin
+
+
+def _check_origin(path: Path, origin: dict[str, str], run: Run, force: bool) -> None:
+    """Codes mean something only to the weights that made them: refuse another run's (one line)
+    unless forced; a file that does not record its weights decodes with a note."""
+    made_by = origin.get("run", "an unknown run")
+    recorded = origin.get("weights_sha256")
+    if recorded is None:
+        print(
+            f"note: {path} does not record which weights made it (an older codes file, from "
+            f"{made_by}); decoding it with {run.path} as asked",
+            file=sys.stderr,
+        )
+        return
+    current = weights_id(run)
+    if recorded == current or force:
+        return
+    same = Path(made_by).resolve() == run.path.resolve()
+    who = f"{run.path} before its weights changed" if same else made_by
+    raise DataError(
+        f"codes in {path} were made by {who} (weights sha256 {recorded[:12]}), not by "
+        f"{run.path} (weights {current[:12]}): decode them with the run that made them, encode "
+        "the images again with this one, or pass --force"
+    )
 
 
 def _write_images(images: torch.Tensor, out: Path) -> str:
@@ -142,7 +200,9 @@ def _write_images(images: torch.Tensor, out: Path) -> str:
 
 def run_decode(args: argparse.Namespace) -> int:
     run = open_run_for_use(args)
-    codes = torch.from_numpy(_read_codes(args.codes, run.model.latent_dim).astype(np.float32))
+    array, origin = _read_codes(args.codes, run.model.latent_dim)
+    _check_origin(args.codes, origin, run, args.force)
+    codes = torch.from_numpy(array.astype(np.float32))
     images = batched(run.model.decode, codes, run.model.device)
     print(f"decoded {_write_images(images, args.out)}")
     return 0
@@ -151,15 +211,30 @@ def run_decode(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise DataError(f"-n {args.n}: ask for at least one image")
+    if args.n > MAX_GENERATE:
+        raise DataError(
+            f"-n {args.n}: at most {MAX_GENERATE:,} images at once; run generate again with "
+            "another --seed for more"
+        )
     run = open_run_for_use(args)
+    values = math.prod(run.image_shape)
+    most = MAX_GENERATE_VALUES // values
+    if args.n > most:
+        raise DataError(
+            f"-n {args.n}: at most {most:,} images of {'x'.join(map(str, run.image_shape))} at "
+            f"once ({MAX_GENERATE_VALUES * 4 >> 20} MiB of pixels); run generate again with "
+            "another --seed for more"
+        )
     images = run.model.generate(args.n, generator=torch.Generator().manual_seed(args.seed)).cpu()
     print(f"generated {_write_images(images, args.out)}")
     return 0
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise DataError(f"-n {args.n}: ask for at least one image")
     run = open_run_for_use(args)
-    images = load_input(args.input, run, max(1, args.n))
+    images = load_input(args.input, run, args.n)
     model = run.model
     recon = batched(model.reconstruct, images.images, model.device)
     originals = images.images.float() / 255

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from latentspace.errors import ConfigError
+from latentspace.settings import check_finite
 
 __all__ = [
     "ACTIVATIONS",
@@ -60,9 +61,17 @@ class NetworkConfig:
             raise ConfigError(
                 f"model.architecture = {self.architecture!r} is not one of: mlp, conv"
             )
+        check_finite(self, "model")
         if any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(
                 f"model.hidden_sizes = {self.hidden_sizes}: every layer needs >= 1 unit"
+            )
+        # an MLP without hidden layers is a linear map: almost always an empty --hidden by mistake
+        built_in = not (self.encoder and self.decoder)
+        if self.architecture == "mlp" and built_in and not self.hidden_sizes:
+            raise ConfigError(
+                "model.hidden_sizes is empty: an MLP needs at least one hidden layer; give "
+                "its widths, e.g. --hidden 512,256 (model.hidden_sizes = [512, 256])"
             )
         if self.architecture == "conv" and (not self.channels or any(c < 1 for c in self.channels)):
             raise ConfigError(f"model.channels = {self.channels}: give at least one positive count")

@@ -13,6 +13,7 @@ from typing import Any
 
 from latentspace import html
 from latentspace.config import Config, config_to_dict
+from latentspace.errors import ConfigError
 from latentspace.runs import atomic_write
 from latentspace.tune.space import Space
 
@@ -40,13 +41,43 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if value is None:
         return '"none"'  # TOML has no null; config fields that allow None read "none" as None
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    return _toml_string(str(value))
+
+
+# TOML 1.0 basic strings: a quote, a backslash and every control character but tab are escaped
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def _toml_string(text: str) -> str:
+    """`text` as a TOML basic string; the file is UTF-8, so other characters stay as they are."""
+    if any("\ud800" <= c <= "\udfff" for c in text):  # undecodable bytes of a file name
+        raise ConfigError(
+            f"{text.encode('utf-8', 'backslashreplace').decode()!r} is not valid Unicode and "
+            "cannot be written to a TOML file: rename it"
+        )
+    escaped = "".join(
+        _ESCAPES.get(c) or (f"\\u{ord(c):04X}" if c < " " or c == "\x7f" else c) for c in text
+    )
+    return f'"{escaped}"'
+
+
+def _toml_comment(line: str) -> str:
+    """A comment line: TOML allows no control character but tab in comments."""
+    return "# " + "".join(c if c == "\t" or not (c < " " or c == "\x7f") else "?" for c in line)
 
 
 def config_to_toml(config: Config, header: str = "") -> str:
-    """A config file that `latentspace train --config` reads back to the same Config."""
-    lines = [f"# {line}" for line in header.splitlines()]
+    """A config file that `latentspace train --config` reads back to the same Config (write it
+    as UTF-8)."""
+    lines = [_toml_comment(line) for line in header.split("\n")] if header else []
     for section, values in config_to_dict(config).items():
         lines.append(f"\n[{section}]")
         lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
@@ -79,7 +110,7 @@ def write_best(study: Any, out: Path, base: Config, space: Space) -> Path | None
     )
     text = config_to_toml(config, header)
     path = out / BEST_TOML
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import random
 import time
@@ -49,6 +50,7 @@ __all__ = [
     "open_study",
     "options_for",
     "pruning_term",
+    "sampler_seed",
 ]
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
@@ -230,6 +232,20 @@ def make_sampler(name: str, seed: int | None) -> Any:
     raise ConfigError(f"--sampler {name!r} is not one of: {', '.join(SAMPLERS)}")
 
 
+def sampler_seed(seed: int, worker: int, done: int) -> int:
+    """The seed of worker `worker`'s sampler in a study that already holds `done` trials.
+
+    A fresh study (done = 0) seeds worker i with SEED+i, so the same command reproduces it. A
+    seeded sampler replays its random stream from the start whatever the study holds (the
+    random sampler and every other sampler's random start-up trials), so a resumed or extended
+    study seeded the same way would repeat its first trials exactly: there the seed also mixes
+    in `done`, which differs at every resumption."""
+    if done == 0:
+        return seed + worker
+    digest = hashlib.sha256(f"latentspace-tune:{seed}:{worker}:{done}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 def make_pruner(name: str, max_epochs: int) -> Any:
     optuna = _optuna()
     if name == "median":
@@ -259,18 +275,20 @@ def open_study(
     optuna = _optuna()
     space = options.load_space()
     storage = open_storage(options)
-    seed = None if options.seed is None else options.seed + worker
-    sampler = make_sampler(options.sampler, seed)
     pruner = make_pruner(options.pruner, space.max_epochs(options.base_config()))
     with _quiet_optuna_warnings():
         study = optuna.create_study(
             storage=storage,
             study_name=options.study,
-            sampler=sampler,
+            sampler=make_sampler(options.sampler, None),
             pruner=pruner,
             direction="minimize",
             load_if_exists=True,
         )
+        if options.seed is not None:
+            # seeded once the study's size is known: see sampler_seed
+            done = len(study.get_trials(deepcopy=False))
+            study.sampler = make_sampler(options.sampler, sampler_seed(options.seed, worker, done))
     if create:
         signature = _signature(options, space)
         saved = study.user_attrs.get("latentspace")
