@@ -205,7 +205,9 @@ def validate_settings(data: DataConfig, train: TrainConfig) -> None:
         raise ConfigError(f"data.val_fraction = {d.val_fraction} must be in [0, 1)")
     if d.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels = {d.channels} must be 1 or 3")
-    if d.size is not None and d.size < 4:
-        raise ConfigError(f"data.size = {d.size} must be at least 4 pixels")
+    # 4096 keeps one RGB image at 48 MiB as uint8 (192 MiB as float32) and is checked here, before
+    # any image is resized or any layer sized by it is allocated; more ran machines out of memory
+    if d.size is not None and not 4 <= d.size <= 4096:
+        raise ConfigError(f"data.size = {d.size} must be between 4 and 4096 pixels")
     if d.limit is not None and d.limit < 2:
         raise ConfigError(f"data.limit = {d.limit} must be at least 2")
