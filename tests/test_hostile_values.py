@@ -4,6 +4,7 @@ repeat a trial; best.toml survives any dataset path; decode refuses another run'
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from pathlib import Path
@@ -92,6 +93,16 @@ def test_an_mlp_without_hidden_layers_is_an_error(
     conv = apply_overrides(ls.default_config("vae"), ["model.architecture=conv"])
     assert apply_overrides(conv, ["model.hidden_sizes="]).model.hidden_sizes == ()
     assert ls.default_config("gan").model.d_hidden_sizes == ()
+    # a run saved before the check (a linear model) still opens: the check is on written settings
+    from latentspace import runs
+    from latentspace.models import build_model
+
+    linear = dataclasses.replace(ls.default_config("vae").model, hidden_sizes=(), latent_dim=2)
+    model = build_model(linear, (1, 12, 12))
+    config = dataclasses.replace(ls.default_config("vae", dataset=str(tiny_npz)), model=linear)
+    runs.save_config(tmp_path / "old", config, (1, 12, 12))
+    runs.save_model(tmp_path / "old", model, 0)
+    assert ls.open_run(tmp_path / "old").model.config.hidden_sizes == ()
 
 
 # ---- 3. --size / channels on a named dataset --------------------------------------------------

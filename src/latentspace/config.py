@@ -102,6 +102,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     config = config_from_dict(raw, source=str(path))
     check_dataset_settings(config.data, str(path))
+    _check_written_model(config.model, str(path))
     return config
 
 
@@ -118,6 +119,7 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
             )
         grouped[section][field] = value
     model = config.model
+    model_written = bool(grouped["model"])
     if "name" in grouped["model"]:
         name = grouped["model"].pop("name")
         if name != model.name:
@@ -134,6 +136,8 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     validate_config(config)
     if grouped["data"]:
         check_dataset_settings(config.data)
+    if model_written:
+        _check_written_model(config.model)
     return config
 
 
@@ -152,6 +156,16 @@ def check_dataset_settings(data: DataConfig, source: str = "") -> None:
                 f"{source + ': ' if source else ''}data.{key} = {value} applies to image folders "
                 f"only; {name!r} is a named dataset of one image shape: leave data.{key} out"
             )
+
+
+def _check_written_model(model: Any, source: str = "") -> None:
+    """The model section's checks of written settings (see NetworkConfig.check_written)."""
+    check = getattr(model, "check_written", None)
+    if callable(check):
+        try:
+            check()
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}" if source else str(error)) from None
 
 
 def validate_config(config: Config) -> None:

@@ -54,6 +54,17 @@ class NetworkConfig:
     encoder: str = ""
     decoder: str = ""
 
+    def check_written(self) -> None:
+        """Checks of settings as a user writes them (a TOML file, flags, overrides), which a run
+        saved before them must not fail when it is opened: an MLP without hidden layers is a
+        linear map, almost always an empty --hidden by mistake."""
+        built_in = not (self.encoder and self.decoder)
+        if self.architecture == "mlp" and built_in and not self.hidden_sizes:
+            raise ConfigError(
+                "model.hidden_sizes is empty: an MLP needs at least one hidden layer; give "
+                "its widths, e.g. --hidden 512,256 (model.hidden_sizes = [512, 256])"
+            )
+
     def validate(self) -> None:
         if self.latent_dim < 1:
             raise ConfigError(f"model.latent_dim = {self.latent_dim} must be at least 1")
@@ -65,13 +76,6 @@ class NetworkConfig:
         if any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(
                 f"model.hidden_sizes = {self.hidden_sizes}: every layer needs >= 1 unit"
-            )
-        # an MLP without hidden layers is a linear map: almost always an empty --hidden by mistake
-        built_in = not (self.encoder and self.decoder)
-        if self.architecture == "mlp" and built_in and not self.hidden_sizes:
-            raise ConfigError(
-                "model.hidden_sizes is empty: an MLP needs at least one hidden layer; give "
-                "its widths, e.g. --hidden 512,256 (model.hidden_sizes = [512, 256])"
             )
         if self.architecture == "conv" and (not self.channels or any(c < 1 for c in self.channels)):
             raise ConfigError(f"model.channels = {self.channels}: give at least one positive count")
