@@ -119,7 +119,7 @@ def test_a_slow_encoder_asks_for_a_limit_instead_of_running_for_hours(
 ) -> None:
     import time
 
-    from latentspace.commands import explore
+    from latentspace.commands import look
     from latentspace.models.vae import VAE
 
     encode = VAE.encode
@@ -129,7 +129,7 @@ def test_a_slow_encoder_asks_for_a_limit_instead_of_running_for_hours(
         return encode(self, x)
 
     monkeypatch.setattr(VAE, "encode", slow)
-    monkeypatch.setattr(explore, "_ENCODE_BUDGET_S", 0.01)
+    monkeypatch.setattr(look, "_ENCODE_BUDGET_S", 0.01)
     argv = ["map", str(tiny_run), "--dataset", str(tiny_npz), "--out", "m.png"]
     assert main(argv) == 1
     error = capsys.readouterr().err.strip()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pkgutil
 import sys
 from collections.abc import Sequence
 
@@ -18,16 +19,26 @@ from latentspace.errors import LatentspaceError
 
 __all__ = ["main"]
 
-# Command modules, in the order `latentspace --help` lists them.
+# Command modules, in the order `latentspace --help` lists them; a module added to
+# latentspace/commands/ and not listed here comes after these, in alphabetical order.
 COMMAND_MODULES = (
     "latentspace.commands.train",
     "latentspace.commands.use",
     "latentspace.commands.data",
     "latentspace.commands.tune",
     "latentspace.commands.quality",
-    "latentspace.commands.explore",
+    "latentspace.commands.look",
     "latentspace.commands.diagnose",
 )
+
+
+def command_modules() -> list[str]:
+    """COMMAND_MODULES, then every other public module of latentspace.commands."""
+    from latentspace import commands
+
+    found = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if m.name[0] != "_")
+    listed = {name.rpartition(".")[2] for name in COMMAND_MODULES}
+    return [*COMMAND_MODULES, *(f"latentspace.commands.{n}" for n in found if n not in listed)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"latentspace {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in command_modules():
         importlib.import_module(name).register(subparsers)
     return parser
 
