@@ -4,6 +4,7 @@ reconstruct, resume, and the one-line errors."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -192,11 +193,16 @@ def test_ctrl_c_says_how_to_resume(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     import latentspace.commands.train as train_command
+    from conftest import InterruptAfter
 
-    def interrupted(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
+    train = train_command.train
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:  # Ctrl-C once epoch 1 is saved
+        return train(*args, **kwargs, callbacks=[InterruptAfter(1)])
 
     monkeypatch.setattr(train_command, "train", interrupted)
     out = tmp_path / "run"
     assert main(["train", "--dataset", str(tiny_npz), "--out", str(out), "--quiet"]) == 130
-    assert f"latentspace train --resume {out}" in capsys.readouterr().err
+    assert f"keeps its epoch 1: continue with `latentspace train --resume {out}`" in (
+        capsys.readouterr().err
+    )

@@ -5,7 +5,14 @@ The CLI prints `str(error)` of any `LatentspaceError` and exits non-zero, withou
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "LatentspaceError", "RunError", "TrainingDiverged"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "LatentspaceError",
+    "RunError",
+    "StorageError",
+    "TrainingDiverged",
+]
 
 
 class LatentspaceError(ValueError):
@@ -22,6 +29,10 @@ class DataError(LatentspaceError):
 
 class RunError(LatentspaceError):
     """A run directory that is missing, truncated or does not match its config."""
+
+
+class StorageError(LatentspaceError):
+    """A file that cannot be written: a read-only folder, a full disk, a missing permission."""
 
 
 class TrainingDiverged(LatentspaceError):

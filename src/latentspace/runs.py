@@ -6,17 +6,29 @@ imports that installed module and builds them again, so nothing is unpickled.
     runs/NAME/
       config.json        format version, package version, image shape, the full resolved config
       model.safetensors  weights and buffers only (metadata: the epoch they belong to)
-      trainer_state.pt   optimizers, schedulers, epoch, RNG states, early-stopping state
+      trainer_state.pt   the commit point: epoch, weights, optimizers, schedulers, RNG states,
+                         early-stopping state; written last at each checkpoint
       metrics.jsonl      one JSON object per epoch (and evaluation records)
+      .lock              held (flock) by the process writing into the run
+
+A checkpoint writes model.safetensors, metrics.jsonl (and diagnostics.jsonl) first and
+trainer_state.pt last, so a kill at any instant leaves either the previous commit (whose epoch
+a resume puts the other files back to) or the new one; a folder killed before its first commit
+holds no run and the same command starts it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Callable
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +38,24 @@ import torch
 
 from latentspace._version import __version__
 from latentspace.config import Config, config_from_dict, config_to_dict
-from latentspace.errors import LatentspaceError, RunError
+from latentspace.errors import LatentspaceError, RunError, StorageError
 from latentspace.models import GenerativeModel, build_model
+
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = [
     "FORMAT_VERSION",
     "Run",
     "append_metrics",
     "atomic_write",
+    "check_out",
+    "check_writable",
+    "clean_temporary",
+    "committed_epoch",
+    "foreign_files",
     "load_model",
+    "lock_run",
     "open_run",
     "read_jsonl",
     "read_metrics",
@@ -42,33 +63,190 @@ __all__ = [
     "save_config",
     "save_model",
     "save_trainer_state",
+    "weights_epoch",
     "write_metrics",
 ]
 
 FORMAT_VERSION = 1
-CONFIG, WEIGHTS, STATE, METRICS = (
+CONFIG, WEIGHTS, STATE, METRICS, LOCK = (
     "config.json",
     "model.safetensors",
     "trainer_state.pt",
     "metrics.jsonl",
+    ".lock",
 )
+# What training writes into a run: a folder holding only these (and their temp files) is a run,
+# or one killed before its first commit.
+RUN_FILES = frozenset({CONFIG, WEIGHTS, STATE, METRICS, LOCK, "diagnostics.jsonl"})
+_APPEND_WAIT_S = 5.0  # how long a short writer (evaluate appending a record) waits for the lock
+
+
+def _cannot_write(path: Path, error: OSError) -> StorageError:
+    reason = error.strerror or str(error)
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason += f" (is {path.parent} read-only?)"
+    return StorageError(f"cannot write {path}: {reason}")
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`. A failure
+    (read-only folder, full disk) is a one-line StorageError naming `path`; `path` is untouched."""
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 less umask)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as error:
+        raise _cannot_write(path, error) from None
+    except (RuntimeError, safetensors.SafetensorError) as error:
+        # how torch.save and safetensors report a failed write (a full disk among them)
+        raise StorageError(f"cannot write {path}: {str(error).splitlines()[0]}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+
+def check_writable(path: Path) -> None:
+    """A one-line StorageError naming `path` now, rather than after the work that would write it,
+    when its folder cannot take a new file (read-only, full)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as error:
+        raise _cannot_write(path, error) from None
+
+
+def clean_temporary(run_dir: Path) -> None:
+    """Remove temp files a killed write of the run's own files left (call it holding the lock:
+    another writer's temp files of other names, a report's PNGs, are left alone)."""
+    if not run_dir.is_dir():
+        return
+    for name in RUN_FILES:
+        for stray in run_dir.glob(f".{name}.*.tmp"):
+            stray.unlink(missing_ok=True)
+
+
+# ---- the lock -------------------------------------------------------------------------------
+# fcntl.flock from the standard library is all the locking a run needs: the kernel releases the
+# lock when its holder exits or is killed (so a stale lock never blocks), and a second writer
+# learns at once that it cannot have it. No lock library is needed (on Windows runs are not
+# locked).
+@contextlib.contextmanager
+def lock_run(run_dir: Path, action: str, wait: float = 0.0) -> Iterator[None]:
+    """Hold the run's lock while writing into it. Another process holding it (for longer than
+    `wait` seconds) is a one-line RunError naming its PID and what it is doing."""
+    if sys.platform == "win32":
+        yield
+        return
+    path = run_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise _cannot_write(path, error) from None
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunError(
+                        f"{run_dir} is in use: {_holder(path)} is writing into it; wait for it "
+                        "to finish or stop it (a killed process leaves no lock behind)"
+                    ) from None
+                time.sleep(0.02)
+        text = f"{os.getpid()} {action}\n".encode()
+        os.pwrite(fd, text, 0)
+        os.ftruncate(fd, len(text))
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid, _, action = path.read_text().strip().partition(" ")
+    except OSError:
+        pid, action = "", ""
+    if not pid.isdigit():
+        return "another process"
+    return f"PID {pid}" + (f" ({action})" if action else "")
+
+
+# ---- where a new run may go -------------------------------------------------------------------
+def check_out(run_dir: Path, dataset: str) -> None:
+    """Refuse, in one line, an --out for a new run that is a dangling link or a file, that lies
+    inside the (folder) dataset, that already holds a run, or that holds files which are not a
+    run's. A folder holding only a run killed before its first commit passes: it starts again."""
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise RunError(
+            f"{run_dir} is a symbolic link to {os.readlink(run_dir)}, which does not exist: "
+            "create its target or choose another --out"
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is a file, not a folder: choose another --out")
+    source = Path(dataset).expanduser()
+    if source.is_dir() and run_dir.resolve().is_relative_to(source.resolve()):
+        raise RunError(
+            f"{run_dir} is inside the dataset folder {source}: a run there would be read as "
+            "images; choose an --out outside it"
+        )
+    if not run_dir.is_dir():
+        return
+    if (run_dir / STATE).exists():
+        raise RunError(
+            f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out"
+        )
+    foreign = foreign_files(run_dir)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise RunError(
+            f"{run_dir} is not empty and is not a latentspace run (it holds {foreign[0]}{more}): "
+            "nothing was written; choose a new or empty --out"
+        )
+    if (run_dir / CONFIG).exists():
+        try:
+            _read_config(run_dir)
+        except RunError as error:
+            raise RunError(
+                f"{run_dir} is not a latentspace run ({error}): nothing was written; choose a "
+                "new or empty --out"
+            ) from None
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """Names in `run_dir` that training does not write (sorted)."""
+    return sorted(p.name for p in run_dir.iterdir() if not _run_file(p.name))
+
+
+def _run_file(name: str) -> bool:
+    """One of the files training writes, or the temp file of a write of one."""
+    return name in RUN_FILES or (
+        name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in RUN_FILES)
+    )
+
+
+def committed_epoch(run_dir: Path) -> int | None:
+    """The epoch of the run's last commit (trainer_state.pt), None when it has none."""
+    path = run_dir / STATE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged state is reported when the run is resumed
+        return None
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return epoch if isinstance(epoch, int) else None
 
 
 def save_config(
@@ -107,25 +285,63 @@ def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    """Add one record (e.g. an evaluation) to metrics.jsonl, atomically."""
-    write_metrics(run_dir, [*read_metrics(run_dir), record])
+    """Add one record (e.g. an evaluation) to metrics.jsonl, atomically, holding the run's lock
+    (two evaluations finishing together both keep their record)."""
+    check_writable(run_dir / METRICS)  # a read-only run: name the file, not the lock
+    with lock_run(run_dir, "appending to metrics.jsonl", wait=_APPEND_WAIT_S):
+        write_metrics(run_dir, [*read_metrics(run_dir), record])
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return read_jsonl(run_dir / METRICS)
+    return read_jsonl(run_dir / METRICS, _metrics_problem)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a .jsonl file, one per line ([] when the file does not exist)."""
-    if not path.exists():
+def _metrics_problem(record: dict[str, Any]) -> str | None:
+    if record.get("kind", "epoch") == "epoch" and not _whole(record.get("epoch")):
+        return "is an epoch record without a whole-number 'epoch'"
+    return None
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_jsonl(
+    path: Path, problem: Callable[[dict[str, Any]], str | None] | None = None
+) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl file, one per line ([] when the file does not exist).
+
+    A last line that does not parse is what a killed writer leaves: it is dropped with a warning.
+    Any other damaged line, a line that is not an object, or one `problem(record)` describes,
+    is a one-line RunError naming the file and line."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
         return []
+    except OSError as error:
+        raise RunError(f"{path} cannot be read: {error.strerror or error}") from None
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise RunError(f"{path} line {number} is not valid JSON") from None
+    for number, line in numbered:
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if number == numbered[-1][0]:
+                warnings.warn(
+                    f"{path} line {number} is incomplete (a write was cut short): ignored",
+                    stacklevel=2,
+                )
+                break
+            raise RunError(f"{path} line {number} is not valid JSON") from None
+        if not isinstance(record, dict):
+            kind = {list: "an array", str: "a string", type(None): "null"}.get(
+                type(record), "a number"
+            )
+            raise RunError(f"{path} line {number} is {kind}, not a JSON object")
+        said = problem(record) if problem is not None else None
+        if said:
+            raise RunError(f"{path} line {number} {said}")
+        records.append(record)
     return records
 
 
@@ -151,9 +367,16 @@ def _read_config(run_dir: Path) -> tuple[Config, tuple[int, int, int], dict[str,
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
+        if (run_dir / LOCK).exists() and not foreign_files(run_dir):
+            raise RunError(
+                f"{path} is missing: the run in {run_dir} was stopped before it saved anything; "
+                "start it again with the same `latentspace train --out` command"
+            ) from None
         raise RunError(f"{path} is missing: {run_dir} is not a latentspace run") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RunError(f"{path} is not valid JSON (truncated or edited?)") from None
+    except OSError as error:
+        raise RunError(f"{path} cannot be read: {error.strerror or error}") from None
     if not isinstance(document, dict) or "config" not in document or "image_shape" not in document:
         raise RunError(f"{path} lacks 'config' or 'image_shape': not a latentspace run config")
     version = document.get("format_version")
@@ -161,18 +384,34 @@ def _read_config(run_dir: Path) -> tuple[Config, tuple[int, int, int], dict[str,
         raise RunError(
             f"{path} has format version {version}; this latentspace reads {FORMAT_VERSION}"
         )
+    sections = document["config"]
+    if not isinstance(sections, dict):
+        raise RunError(f"{path}: 'config' is {json.dumps(sections)}, not an object of sections")
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise RunError(
+                f"{path}: config section {name!r} is {json.dumps(section)}, not an object of "
+                "settings"
+            )
     try:
-        config = config_from_dict(document["config"], source=str(path))
-    except LatentspaceError as error:
+        config = config_from_dict(sections, source=str(path))
+    except (LatentspaceError, TypeError, AttributeError) as error:
         raise RunError(f"{path}: {error}") from None
-    c, h, w = (int(v) for v in document["image_shape"])
+    shape = document["image_shape"]
+    if not (
+        isinstance(shape, list) and len(shape) == 3 and all(_whole(v) and v > 0 for v in shape)
+    ):
+        raise RunError(
+            f"{path}: image_shape is {json.dumps(shape)}; it should be three positive whole "
+            "numbers [channels, height, width]"
+        )
+    c, h, w = shape
     info = {k: v for k, v in document.items() if k not in ("config", "image_shape")}
     return config, (c, h, w), info
 
 
-def _load_weights(run_dir: Path, model: GenerativeModel) -> int:
-    """Load model.safetensors into `model`; returns the epoch stored in its metadata."""
-    path = run_dir / WEIGHTS
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """The tensors of model.safetensors and the epoch in its metadata."""
     if not path.exists():
         raise RunError(f"{path} is missing: the run has no weights (was it never trained?)")
     try:
@@ -181,6 +420,21 @@ def _load_weights(run_dir: Path, model: GenerativeModel) -> int:
         tensors = safetensors.torch.load_file(str(path))
     except (safetensors.SafetensorError, OSError, ValueError) as error:
         raise RunError(f"{path} cannot be read ({error}); it may be truncated") from None
+    epoch = metadata.get("epoch", "0")
+    if not epoch.isdigit():
+        raise RunError(f"{path}: its metadata says epoch {epoch!r}, not a whole number")
+    return tensors, int(epoch)
+
+
+def _load_tensors(
+    path: Path, run_dir: Path, model: GenerativeModel, tensors: dict[str, torch.Tensor]
+) -> None:
+    """Load `tensors` (read from `path`) into `model`, checking names, shapes and values."""
+    if not isinstance(tensors, dict) or not all(
+        isinstance(v, torch.Tensor) for v in tensors.values()
+    ):
+        raise RunError(f"{path}: the weights are not a table of tensors")
+    tensors = dict(tensors)
     expected = model.state_dict()
     for key in model.optional_state & (set(expected) - set(tensors)):
         tensors[key] = expected[key]
@@ -197,8 +451,15 @@ def _load_weights(run_dir: Path, model: GenerativeModel) -> int:
             f"config says {tuple(expected[wrong[0]].shape)}"
         )
         raise RunError(f"{path} does not match {run_dir / CONFIG}: {detail}")
+    # NaN weights make every output NaN (metrics appended, pictures written): refuse them here,
+    # where every command that uses a run loads it, rather than warn in a stream of results
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise RunError(
+                f"{path}: {key} holds NaN or infinite values; the weights are unusable "
+                "(the run diverged or the file was damaged): train it again"
+            )
     model.load_state_dict(tensors)
-    return int(metadata.get("epoch", "0"))
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
@@ -215,31 +476,65 @@ def open_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         model = build_model(config.model, image_shape, config.train)
     except LatentspaceError as error:
         raise RunError(f"{run_dir / CONFIG}: {error}") from None
-    _load_weights(run_dir, model)
+    tensors, _ = _read_weights(run_dir / WEIGHTS)
+    _load_tensors(run_dir / WEIGHTS, run_dir, model, tensors)
     model.to(device).eval()
     return Run(path=run_dir, config=config, image_shape=image_shape, model=model, info=info)
 
 
-def read_trainer_state(run_dir: Path, model: GenerativeModel) -> dict[str, Any]:
-    """For --resume: load the weights into `model` and return the trainer state, checking that
-    both belong to the same epoch."""
+# What a resume reads from trainer_state.pt (with its type), besides the optional ones
+_STATE_KEYS = {
+    "epoch": int,
+    "optimizers": list,
+    "schedulers": list,
+    "rng_torch": torch.Tensor,
+    "rng_batches": torch.Tensor,
+    "best_val": float,
+    "best_epoch": int,
+    "bad_epochs": int,
+}
+
+
+def read_trainer_state(run_dir: Path, model: GenerativeModel) -> dict[str, Any] | None:
+    """For --resume: the last commit's trainer state, its weights loaded into `model`. None when
+    the run never committed one (killed before its first checkpoint: it starts from epoch 0)."""
     path = run_dir / STATE
     if not path.exists():
-        raise RunError(f"{path} is missing: cannot resume {run_dir}")
+        if (run_dir / WEIGHTS).exists() and _read_weights(run_dir / WEIGHTS)[1] > 0:
+            raise RunError(f"{path} is missing: cannot resume {run_dir}")
+        return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for a damaged file
         raise RunError(
             f"{path} cannot be read ({type(error).__name__}); it may be truncated"
         ) from None
-    epoch = _load_weights(run_dir, model)
-    if not isinstance(state, dict) or state.get("epoch") != epoch:
+    if not isinstance(state, dict):
+        raise RunError(f"{path} is not a trainer state (it holds a {type(state).__name__})")
+    for key, kind in _STATE_KEYS.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise RunError(f"{path} lacks {key!r} (or it is damaged): cannot resume {run_dir}")
+    if "model" in state:  # the committed weights
+        _load_tensors(path, run_dir, model, state["model"])
+        return state
+    # a run saved before trainer_state.pt held the weights: model.safetensors must be its epoch
+    tensors, epoch = _read_weights(run_dir / WEIGHTS)
+    _load_tensors(run_dir / WEIGHTS, run_dir, model, tensors)
+    if state["epoch"] != epoch:
         raise RunError(
-            f"{path} (epoch {state.get('epoch') if isinstance(state, dict) else '?'}) "
-            f"and {run_dir / WEIGHTS} (epoch {epoch}) disagree: the run was killed "
-            "while saving; start it again"
+            f"{path} (epoch {state['epoch']}) and {run_dir / WEIGHTS} (epoch {epoch}) disagree: "
+            "the run, saved by an older latentspace, was killed while saving; train it again"
         )
     return state
+
+
+def weights_epoch(run_dir: Path) -> int | None:
+    """The epoch model.safetensors belongs to; None when it is missing or cannot be read."""
+    try:
+        return _read_weights(run_dir / WEIGHTS)[1]
+    except RunError:
+        return None
 
 
 def read_run_config(run_dir: str | Path) -> tuple[Config, tuple[int, int, int], dict[str, Any]]:

@@ -2,12 +2,14 @@
 
 Nothing here knows which model family it drives: the model configures its own optimizers and
 takes its own steps (`GenerativeModel.training_step`), and the trainer only loops, measures and
-saves. A run directory is written at the start and after every epoch, atomically, so an
-interrupted run can be resumed to the same weights an uninterrupted one would reach.
+saves. A run directory is written at the start and after every epoch, atomically, with one commit
+point (trainer_state.pt, written last), so a run killed at any instant can be resumed to the same
+weights an uninterrupted one would reach. The run's lock keeps a second writer out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -24,7 +26,7 @@ from latentspace import runs
 from latentspace._device import configure_threads, select_device
 from latentspace.config import Config, TrainConfig
 from latentspace.data import Batches, ImageSet, prepare_data
-from latentspace.errors import ConfigError, RunError, TrainingDiverged
+from latentspace.errors import ConfigError, RunError, StorageError, TrainingDiverged
 from latentspace.models import GenerativeModel, build_model, check_rebuilds
 from latentspace.models.base import diverging_lr
 from latentspace.models.networks import name_networks
@@ -40,13 +42,16 @@ class StopTraining(Exception):
 
 
 class Callback(Protocol):
-    """Hooks into training. Any may be absent; on_epoch_end may raise StopTraining (or a tuning
-    library's pruning exception, which propagates after the epoch is saved)."""
+    """Hooks into training. Any may be absent. on_checkpoint runs before an epoch is saved: it
+    may add to the epoch's record and write the callback's own files into the run, which then
+    belong to that checkpoint. on_epoch_end runs after the epoch is saved and may raise
+    StopTraining (or a tuning library's pruning exception, which propagates)."""
 
     def on_train_start(self, trainer: Trainer) -> None: ...
     def on_batch_end(
         self, trainer: Trainer, x: torch.Tensor, terms: dict[str, torch.Tensor]
     ) -> None: ...
+    def on_checkpoint(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
     def on_train_end(self, trainer: Trainer) -> None: ...
 
@@ -177,8 +182,10 @@ class Trainer:
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, the weights included: trainer_state.pt is the commit."""
         state: dict[str, Any] = {
             "epoch": self.epoch,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() if s is not None else {} for s in self.schedulers],
             "rng_torch": torch.get_rng_state(),
@@ -193,16 +200,23 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = int(state["epoch"])
-        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
-        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
-            if scheduler is not None:
-                scheduler.load_state_dict(saved)
-        torch.set_rng_state(state["rng_torch"])
-        self.generator.set_state(state["rng_batches"])
-        if "rng_cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        """The state `runs.read_trainer_state` read (the model's weights are already loaded)."""
+        try:
+            self.epoch = int(state["epoch"])
+            for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+                optimizer.load_state_dict(saved)
+            for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+                if scheduler is not None:
+                    scheduler.load_state_dict(saved)
+            torch.set_rng_state(state["rng_torch"])
+            self.generator.set_state(state["rng_batches"])
+            if "rng_cuda" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng_cuda"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise RunError(
+                f"{self.run_dir / runs.STATE} does not fit this run "
+                f"({str(error).splitlines()[0] or type(error).__name__}): cannot resume it"
+            ) from None
         self.best_val = float(state["best_val"])
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
@@ -210,18 +224,50 @@ class Trainer:
         self.records = [
             r
             for r in runs.read_metrics(self.run_dir)
-            if r.get("kind", "epoch") != "epoch" or r.get("epoch", 0) <= self.epoch
+            if r.get("kind", "epoch") != "epoch" or r["epoch"] <= self.epoch
         ]
 
+    def reconcile(self) -> None:
+        """After load_state_dict: put model.safetensors and metrics.jsonl back to the committed
+        epoch (a kill between a checkpoint's first write and its commit leaves them ahead)."""
+        if runs.weights_epoch(self.run_dir) != self.epoch:
+            runs.save_model(self.run_dir, self.model, self.epoch)
+        if runs.read_metrics(self.run_dir) != self.records:
+            runs.write_metrics(self.run_dir, self.records)
+
     def save(self) -> None:
-        runs.save_model(self.run_dir, self.model, self.epoch)
-        runs.save_trainer_state(self.run_dir, self.state_dict())
-        runs.write_metrics(self.run_dir, self.records)
+        """One checkpoint: model.safetensors and metrics.jsonl first, trainer_state.pt (which
+        holds the weights too) last. That last rename is the commit: a kill before it leaves the
+        previous commit, to which a resume puts the other files back (`reconcile`)."""
+        self._check_finite()
+        try:
+            runs.save_model(self.run_dir, self.model, self.epoch)
+            runs.write_metrics(self.run_dir, self.records)
+            runs.save_trainer_state(self.run_dir, self.state_dict())
+        except StorageError as error:  # a full disk: say what the run still holds
+            kept = runs.committed_epoch(self.run_dir)
+            raise StorageError(
+                f"{error}; nothing was kept: make room and run the same command again"
+                if kept is None
+                else f"{error}; {self.run_dir} keeps epoch {kept}: make room, then "
+                f"`latentspace train --resume {self.run_dir}`"
+            ) from None
+
+    def _check_finite(self) -> None:
+        """The update of an epoch's last step comes after its loss was checked: weights it made
+        NaN must not be committed, so that the run keeps its last good state."""
+        values = [v for v in self.model.state_dict().values() if v.is_floating_point()]
+        if values and not bool(torch.stack([torch.isfinite(v).all() for v in values]).all()):
+            raise TrainingDiverged(
+                f"the weights became NaN or infinite in epoch {self.epoch}: "
+                f"{_divergence_advice(self.train_config)}. {self.run_dir} keeps the last good "
+                f"state (epoch {self.epoch - 1})"
+            )
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
         """Train until train.epochs, early stopping, or a callback stops it. Returns the records."""
-        if self.epoch == 0 and not (self.run_dir / runs.WEIGHTS).exists():
+        if self.epoch == 0 and not (self.run_dir / runs.STATE).exists():
             self.save()  # a loadable, resumable run exists from the first second
         _call(self.callbacks, "on_train_start", self)
         self.model.train()
@@ -232,6 +278,7 @@ class Trainer:
             if warnings:
                 record["warnings"] = warnings
             self.records.append(record)
+            _call(self.callbacks, "on_checkpoint", self, record)
             self.save()
             self._report(record)
             try:
@@ -377,14 +424,47 @@ def train(
         from latentspace.diagnostics import Diagnostics
 
         callbacks = [Diagnostics(), *callbacks]
+    created = False
+    if resume:
+        runs.read_run_config(run_dir)  # a folder that is not a run: say so before locking it
+    else:
+        runs.check_out(run_dir, config.data.dataset)  # before anything is written
+        created = not run_dir.exists()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"cannot create {run_dir}: {error.strerror or error}") from None
+    with runs.lock_run(run_dir, "train --resume" if resume else "train"):
+        try:
+            runs.clean_temporary(run_dir)
+            if not resume:
+                runs.check_out(run_dir, config.data.dataset)  # again: another may have been first
+            trainer = _prepare(config, run_dir, networks, resume, callbacks, quiet, log)
+            trainer.fit()
+        except BaseException:
+            if created:  # stopped before writing anything: leave no folder behind
+                with contextlib.suppress(OSError):
+                    if [p.name for p in run_dir.iterdir()] == [runs.LOCK]:
+                        (run_dir / runs.LOCK).unlink()
+                        run_dir.rmdir()
+            raise
+    return runs.open_run(run_dir)
+
+
+def _prepare(
+    config: Config,
+    run_dir: Path,
+    networks: dict[str, nn.Module],
+    resume: bool,
+    callbacks: Sequence[object],
+    quiet: bool,
+    log: Callable[[str], None] | None,
+) -> Trainer:
+    """The trainer of a new run (config.json written), or of a resumed one at its last commit."""
     if resume:
         saved, image_shape, _ = runs.read_run_config(run_dir)
         config = dataclasses.replace(
             saved, train=dataclasses.replace(saved.train, epochs=config.train.epochs)
-        )
-    elif (run_dir / runs.CONFIG).exists():
-        raise RunError(
-            f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out"
         )
     torch.manual_seed(config.train.seed)
     train_set, val_set = prepare_data(config)
@@ -404,9 +484,10 @@ def train(
     trainer = Trainer(
         model, train_set, val_set, config, run_dir, callbacks=callbacks, quiet=quiet, log=log
     )
-    if resume:
-        trainer.load_state_dict(runs.read_trainer_state(run_dir, trainer.model))
+    state = runs.read_trainer_state(run_dir, trainer.model) if resume else None
+    if state is not None:  # None: killed before its first commit, so it starts from epoch 0
+        trainer.load_state_dict(state)
         trainer.model.to(trainer.device)
+        trainer.reconcile()
     runs.save_config(run_dir, config, train_set.image_shape, extra)
-    trainer.fit()
-    return runs.open_run(run_dir)
+    return trainer

@@ -25,7 +25,7 @@ from latentspace.errors import LatentspaceError
 from latentspace.html import escape, img_tag, table, write_page
 from latentspace.imaging import save_grid
 from latentspace.models import GenerativeModel
-from latentspace.runs import Run, open_run
+from latentspace.runs import Run, check_writable, open_run
 
 __all__ = [
     "latent_map",
@@ -263,6 +263,7 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
     """Write `report.html` and its PNGs into the run directory; returns the HTML's path."""
     folder = Path(run_dir)
     run = open_run(folder, device)
+    check_writable(folder / REPORT)  # a read-only run: one line now, not after every figure
     model = run.model
     sections = _Sections(folder)
     generator = torch.Generator().manual_seed(0)

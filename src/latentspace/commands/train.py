@@ -11,6 +11,7 @@ from latentspace.config import Config, apply_overrides, load_config
 from latentspace.errors import ConfigError
 from latentspace.models import DEFAULT_MODEL, MODELS
 from latentspace.models.layers import ACTIVATIONS
+from latentspace.runs import committed_epoch
 from latentspace.settings import CHOICES, DataConfig, TrainConfig
 from latentspace.train import train
 
@@ -123,13 +124,19 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         return _run_train(args)
     except KeyboardInterrupt:
-        where = args.resume or args.out
         print(
-            f"latentspace: interrupted; {where} keeps its last completed epoch: continue with "
-            f"`latentspace train --resume {where}`",
-            file=sys.stderr,
+            f"latentspace: interrupted; {_what_was_kept(args.resume or args.out)}", file=sys.stderr
         )
         return 130
+
+
+def _what_was_kept(where: Path | None) -> str:
+    """What an interrupted `train` leaves, read from the folder (its last commit), not assumed."""
+    epoch = None if where is None else committed_epoch(where)
+    if epoch is None:
+        return "nothing was saved (no checkpoint was reached): start it again with the same command"
+    kept = f"its epoch {epoch}" if epoch else "its start (no epoch completed yet)"
+    return f"{where} keeps {kept}: continue with `latentspace train --resume {where}`"
 
 
 def _run_train(args: argparse.Namespace) -> int:

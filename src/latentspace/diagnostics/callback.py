@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,9 +29,6 @@ class Trainer(Protocol):
     train_batches: Batches
     device: torch.device
     train_config: Any
-    records: list[dict[str, Any]]
-    quiet: bool
-    log: Callable[[str], None]
 
 
 class Diagnostics:
@@ -62,7 +58,11 @@ class Diagnostics:
     def on_train_start(self, trainer: Trainer) -> None:
         start = time.perf_counter()
         self.layers = find_layers(trainer.model)
-        self.records = [r for r in read_diagnostics(trainer.run_dir) if r["epoch"] <= trainer.epoch]
+        saved = read_diagnostics(trainer.run_dir)
+        # a resume starts at the last commit: drop what a killed checkpoint wrote past it
+        self.records = [r for r in saved if r["epoch"] <= trainer.epoch]
+        if len(self.records) < len(saved):
+            self._write(trainer.run_dir)
         self.said = {key for r in self.records for key in r.get("raised", [])}
         source = (
             trainer.val_set.images if trainer.val_set is not None else trainer.train_batches.images
@@ -92,7 +92,10 @@ class Diagnostics:
         self._prepare(self.step if self.step < self.steps else 0)
         self.seconds += time.perf_counter() - start
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_checkpoint(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """Measure the epoch and write diagnostics.jsonl before the trainer commits the epoch (so
+        a resume finds exactly the committed epochs); new warnings join the epoch's record, which
+        the trainer saves and prints."""
         start = time.perf_counter()
         entry = self._epoch_entry(trainer, record)
         found = detect(
@@ -110,16 +113,15 @@ class Diagnostics:
         self.seconds += time.perf_counter() - start
         entry["seconds"] = round(self.seconds, 4)
         self.records.append(entry)
-        text = "".join(json.dumps(r) + "\n" for r in self.records)
-        runs.atomic_write(trainer.run_dir / DIAGNOSTICS, lambda tmp: tmp.write_text(text))
+        self._write(trainer.run_dir)
         if new:
             record.setdefault("warnings", []).extend(new)
-            runs.write_metrics(trainer.run_dir, trainer.records)
-            if not trainer.quiet:
-                for line in new:
-                    trainer.log(f"  warning: {line}")
         self.samples, self.step, self.seconds = [], 0, 0.0
         self.epoch = trainer.epoch
+
+    def _write(self, run_dir: Path) -> None:
+        text = "".join(json.dumps(r) + "\n" for r in self.records)
+        runs.atomic_write(run_dir / DIAGNOSTICS, lambda tmp: tmp.write_text(text))
 
     # ---- measuring --------------------------------------------------------------------------
     def _sampled(self, step: int) -> bool:

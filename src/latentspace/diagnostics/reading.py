@@ -14,8 +14,18 @@ DIAGNOSTICS = "diagnostics.jsonl"
 
 
 def read_diagnostics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of `diagnostics.jsonl` ([] when the run has none)."""
-    return runs.read_jsonl(Path(run_dir) / DIAGNOSTICS)
+    """The records of `diagnostics.jsonl` ([] when the run has none). A truncated last line (a
+    killed writer) is dropped with a warning; a damaged record is a one-line RunError."""
+    return runs.read_jsonl(Path(run_dir) / DIAGNOSTICS, _problem)
+
+
+def _problem(record: dict[str, Any]) -> str | None:
+    epoch = record.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        return "lacks a whole-number 'epoch'"
+    if not isinstance(record.get("layers"), dict):
+        return "lacks 'layers' (an object of per-layer measurements)"
+    return None
 
 
 def _fmt(value: Any, spec: str = ".3g") -> str:
