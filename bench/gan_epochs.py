@@ -3,7 +3,7 @@
     nice -n 5 .venv/bin/python bench/gan_epochs.py mnist --out /tmp/gan-epochs/mnist \\
         --set model.lr_d=4e-4 --extra-ema 0.999 --from-epoch 10
 
-Trains configs/mnist-dcgan.toml (or fashion-dcgan.toml) with --set overrides on --threads torch
+Trains the shipped mnist-dcgan config (or fashion-dcgan) with --set overrides on --threads torch
 threads until one more epoch would pass --minutes x --threads of the process's CPU time, as the
 bench does. After every epoch from --from-epoch on, it measures the generator being trained
 ("raw"), its moving average when model.ema > 0 ("ema") and the moving averages of any --extra-ema
@@ -37,7 +37,7 @@ from latentspace.train import StopTraining, Trainer
 
 STANDING = 20000  # codes for each probe's batch-norm statistics
 SAMPLES = 20000  # images per probe: class shares from all, FID from the first 10000
-CONFIGS = {"mnist": "configs/mnist-dcgan.toml", "fashion-mnist": "configs/fashion-dcgan.toml"}
+CONFIGS = {"mnist": "mnist-dcgan", "fashion-mnist": "fashion-dcgan"}  # shipped configs
 
 
 class EpochProbe:

@@ -33,7 +33,7 @@ from latentspace.analysis.quality import QualityReport, evaluate_quality
 from latentspace.config import apply_overrides, load_config
 from latentspace.train import StopTraining, Trainer
 
-CONFIGS = {"mnist": "configs/mnist-dcgan.toml", "fashion-mnist": "configs/fashion-dcgan.toml"}
+CONFIGS = {"mnist": "mnist-dcgan", "fashion-mnist": "fashion-dcgan"}  # shipped configs
 
 
 class TimeBudget:

@@ -7,7 +7,7 @@ build_model keeps a convolutional model's weights channels-last (NHWC); this bui
 the list twice from the same seed, turns one back to the default (NCHW) layout, times --steps
 training steps on a fixed MNIST-sized batch per round, drops the first round (warm-up) and prints
 ms per step and the ratio default / channels-last (above 1: channels-last is faster). Models: the
-shipped DCGAN (configs/mnist-dcgan.toml: bf16, R1 on every 4th step) and a convolutional VAE.
+shipped DCGAN (the mnist-dcgan config: bf16, R1 on every 4th step) and a convolutional VAE.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from latentspace.config import Config, apply_overrides, load_config
 from latentspace.models import GenerativeModel, build_model
 
 MODELS = {
-    "DCGAN (configs/mnist-dcgan.toml)": lambda: load_config("configs/mnist-dcgan.toml"),
+    "DCGAN (mnist-dcgan)": lambda: load_config("mnist-dcgan"),
     "conv VAE (channels 32,64, bf16)": lambda: apply_overrides(
         ls.default_config("vae", dataset="mnist", architecture="conv", precision="bf16"),
         ["model.channels=32,64"],

@@ -1,6 +1,6 @@
 """Test NLL of an MLP VAE on dynamically binarized MNIST against minutes of training.
 
-Trains with latentspace's own command (`latentspace train --config configs/mnist-vae-nll.toml`)
+Trains with latentspace's own command (`latentspace train --config mnist-vae-nll`)
 in a subprocess, copies the run's weights at fixed marks of training time (the model of the last
 epoch finished before each mark), then evaluates every snapshot with `latentspace evaluate
 --nll-samples 1000` over the full MNIST test set (binarized once with a fixed seed) and prints
@@ -161,7 +161,7 @@ def _untrained_run(work: Path, hidden: str) -> Path:
     out = work / f"speed-{hidden.replace(',', 'x')}"
     if not (out / "model.safetensors").exists():
         config = apply_overrides(
-            load_config(ROOT / "configs" / "mnist-vae-nll.toml"),
+            load_config("mnist-vae-nll"),
             [f"model.hidden_sizes={hidden}", "data.limit=1000", "train.epochs=1"],
         )
         train(config, out, quiet=True)
@@ -232,7 +232,11 @@ def speed_phase(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase", choices=["all", "train", "evaluate", "speed"], default="all")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "mnist-vae-nll.toml")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "src" / "latentspace" / "configs" / "mnist-vae-nll.toml",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-nll-mnist")
     parser.add_argument(
         "--set",

@@ -2,7 +2,7 @@
 
 The default (`latentspace._device.DEFAULT_CPU_THREADS`) should be whichever wins on a machine
 like the one users run; on a busy 2-core machine OpenMP spin-waiting makes 2 threads lose.
-`--model vae` trains an MLP VAE; `--model dcgan` the shipped configs/mnist-dcgan.toml on the
+`--model vae` trains an MLP VAE; `--model dcgan` the shipped mnist-dcgan config on the
 first 12800 images (its larger convolutions split better between threads).
 
     .venv/bin/python bench/threads.py [--rounds 3] [--model vae|dcgan]
@@ -23,7 +23,7 @@ def epoch(threads: int, model: str) -> float:
     if model == "dcgan":
         overrides = ["train.epochs=1", "data.limit=12800", "data.val_fraction=0"]
         config = apply_overrides(
-            load_config("configs/mnist-dcgan.toml"), [*overrides, f"train.threads={threads}"]
+            load_config("mnist-dcgan"), [*overrides, f"train.threads={threads}"]
         )
     else:
         config = ls.default_config(

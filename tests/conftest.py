@@ -71,7 +71,8 @@ def tiny_config(tiny_npz: Path) -> Config:
 
 @pytest.fixture
 def tiny_run(tmp_path: Path, tiny_config: Config) -> Path:
-    """A trained (2 epochs) tiny VAE run directory."""
+    """A trained (2 epochs) tiny VAE run directory (without report.html: tests that need one
+    write it)."""
     out = tmp_path / "run"
-    ls.train(tiny_config, out, quiet=True)
+    ls.train(tiny_config, out, quiet=True, report=False)
     return out

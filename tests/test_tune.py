@@ -17,7 +17,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from latentspace.cli import main  # noqa: E402
-from latentspace.config import Config, config_to_dict, load_config  # noqa: E402
+from latentspace.config import SHIPPED, Config, config_to_dict, load_config  # noqa: E402
 from latentspace.errors import ConfigError  # noqa: E402
 from latentspace.runs import open_run  # noqa: E402
 from latentspace.tune import (  # noqa: E402
@@ -28,7 +28,6 @@ from latentspace.tune import (  # noqa: E402
 )
 from latentspace.tune.study import JOURNAL, LOST  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SPACE = """
 [train]
 epochs = 3
@@ -65,7 +64,7 @@ def _states(study: optuna.Study) -> dict[str, int]:
 
 # ---- the space -------------------------------------------------------------------------------
 def test_default_space_file_matches_the_code(tiny_config: Config) -> None:
-    documented = tomllib.loads((ROOT / "configs" / "tune-space.toml").read_text())
+    documented = tomllib.loads((SHIPPED / "tune-space.toml").read_text())
     assert (
         parse_space(documented, tiny_config).describe() == load_space(None, tiny_config).describe()
     )

@@ -15,6 +15,9 @@ ls.train(config, "runs/mine", encoder=Encoder((1, 28, 28), 2 * config.model.late
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 # OpenMP's spin-waiting made two threads 5-10x slower than one on a busy 2-core machine; a
 # passive wait policy recovers most of it. It must be set before torch loads libgomp.
@@ -44,9 +47,52 @@ from latentspace.models import (
     register_network,
 )
 from latentspace.runs import Run, load_model, open_run
-from latentspace.train import Trainer, train
+from latentspace.train import Trainer
+from latentspace.train import train as _train_run
+
+if TYPE_CHECKING:
+    from torch import nn
 
 load = load_model
+
+
+def train(
+    config: Config,
+    out: str | Path,
+    *,
+    encoder: nn.Module | None = None,
+    decoder: nn.Module | None = None,
+    resume: bool = False,
+    callbacks: Sequence[object] = (),
+    quiet: bool = False,
+    log: Callable[[str], None] | None = None,
+    diagnostics: bool = True,
+    report: bool = True,
+) -> Run:
+    """Train as `latentspace train` does: `latentspace.train.train` (which documents every other
+    option), then, with report=True, report.html and its figures in the run, written the same
+    way (a figure that cannot be made is a line in the page; a report that cannot be written is
+    one warning line, never a failed run). Returns the opened run."""
+    from latentspace.analysis.report import write_training_report
+
+    say = log or (lambda line: print(line, flush=True))
+    run = _train_run(
+        config,
+        out,
+        encoder=encoder,
+        decoder=decoder,
+        resume=resume,
+        callbacks=callbacks,
+        quiet=quiet,
+        log=log,
+        diagnostics=diagnostics,
+    )
+    if not quiet:
+        say(f"run saved in {run.path}")
+    if report:
+        write_training_report(run.path, quiet=quiet, log=say)
+    return run
+
 
 __all__ = [
     "GAN",

@@ -28,18 +28,27 @@ from latentspace.settings import (
 
 __all__ = [
     "DEFAULT_MODEL",
+    "SHIPPED",
     "Config",
     "DataConfig",
     "TrainConfig",
     "apply_overrides",
     "check_dataset_settings",
     "config_from_dict",
+    "config_path",
     "config_to_dict",
     "default_config",
+    "describe_shipped",
+    "is_search_space",
     "load_config",
     "parse_value",
     "replace_fields",
+    "shipped_configs",
 ]
+
+# The TOML files that ship with the package (package data): `--config NAME` finds one from any
+# folder, `latentspace configs` lists them.
+SHIPPED = Path(__file__).parent / "configs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,20 +95,75 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return json.loads(json.dumps(result))
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The shipped TOML files by name (the file name without .toml), sorted."""
+    return {path.stem: path for path in sorted(SHIPPED.glob("*.toml"))}
+
+
+def describe_shipped(path: Path) -> str:
+    """The first comment line of a shipped file: what it is for."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") and line.strip("# "):
+            return line.lstrip("#").strip()
+    return ""
+
+
+def is_search_space(raw: Mapping[str, Any]) -> bool:
+    """Whether a parsed TOML is a `latentspace tune --space` file (entries are tables such as
+    {low, high} or {choices}) rather than a config of plain values."""
+    return any(
+        isinstance(value, dict)
+        for section in raw.values()
+        if isinstance(section, dict)
+        for value in section.values()
+    )
+
+
+def _is_name(spec: str) -> bool:
+    """A bare name (`demo`): no folder, no .toml; anything else is a path."""
+    return bool(spec) and "/" not in spec and "\\" not in spec and not spec.endswith(".toml")
+
+
+def config_path(spec: str | Path, what: str = "config") -> Path:
+    """The file `spec` names: a shipped file by its bare name (`demo`), else a path as given."""
+    text = str(spec)
+    if not _is_name(text) or Path(text).is_file():
+        return Path(spec)
+    shipped = shipped_configs()
+    if text not in shipped:
+        raise ConfigError(
+            f"no shipped {what} named {text!r}; shipped: {', '.join(shipped)} "
+            "(`latentspace configs`), or give the path of a .toml file"
+        )
+    return shipped[text]
+
+
 def load_config(path: str | Path) -> Config:
-    path = Path(path)
+    """A TOML config file, or a shipped one by name (`load_config("demo")`)."""
+    path = config_path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML files are UTF-8
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
+        hint = (
+            f" (a shipped config is named without .toml: --config {path.stem})"
+            if path.stem in shipped_configs() and not path.is_absolute()
+            else ""
+        )
+        raise ConfigError(f"config file {path} not found{hint}") from None
     except IsADirectoryError:
         raise ConfigError(
-            f"config file {path} is a directory: give a .toml file (e.g. configs/demo.toml)"
+            f"config file {path} is a directory: give a .toml file, or the name of a shipped "
+            "config (`latentspace configs`)"
         ) from None
     except OSError as error:  # permissions, a device, ...
         raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    if is_search_space(raw):
+        raise ConfigError(
+            f"{path} is a search space for `latentspace tune --space`, not a config: give it "
+            "with --space"
+        )
     config = config_from_dict(raw, source=str(path))
     check_dataset_settings(config.data, str(path))
     _check_written_model(config.model, str(path))

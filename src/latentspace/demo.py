@@ -15,7 +15,7 @@ from latentspace.errors import LatentspaceError
 from latentspace.imaging import save_grid
 from latentspace.train import average_terms, train
 
-CONFIG = Path("configs/demo.toml")
+CONFIG = "demo"  # the shipped src/latentspace/configs/demo.toml
 OUT = Path("runs/demo")
 
 
@@ -44,11 +44,18 @@ def main() -> int:
         model.generate(64, generator=torch.Generator().manual_seed(0)).cpu(),
         OUT / "samples.png",
         nrow=8,
+        title=f"{OUT}: 64 images generated from the prior, seed 0",
     )
     originals = test.images[:32].float() / 255
     recon = model.reconstruct(originals.to(model.device)).cpu()
     rows = [t for i in range(0, 32, 8) for t in (originals[i : i + 8], recon[i : i + 8])]
-    reconstructions = save_grid(torch.cat(rows), OUT / "reconstructions.png", nrow=8)
+    reconstructions = save_grid(
+        torch.cat(rows),
+        OUT / "reconstructions.png",
+        nrow=8,
+        title=f"{OUT}: mnist:test images 0-31, each row of originals above its reconstructions",
+        rows=[label for i in range(0, 32, 8) for label in (f"test {i}-{i + 7}", "reconstructed")],
+    )
     print(
         f"test loss (negative ELBO, nats per image): {terms['total']:.2f} "
         f"= reconstruction {terms['reconstruction']:.2f} + KL {terms['kl']:.2f}"

@@ -1,4 +1,9 @@
-"""Pictures: image grids and image files from (N, C, H, W) tensors in [0, 1]."""
+"""Pictures: image grids and image files from (N, C, H, W) tensors in [0, 1].
+
+A grid a person looks at says what it shows: `save_grid(..., title=, rows=, columns=, marked=)`
+draws a title, a label per row and per column and a frame around marked tiles, with Pillow's
+default font (no font files), around the same tiles.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from latentspace.runs import atomic_write
 
-__all__ = ["image_grid", "save_grid", "save_images", "to_pil"]
+__all__ = ["image_grid", "label_grid", "save_grid", "save_images", "to_pil"]
+
+_INK = (20, 20, 20)
+_MARK = (220, 40, 40)
+_GAP = 4  # pixels between a label and what it labels
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -46,9 +55,93 @@ def image_grid(
     return grid
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+def _fit(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float) -> str:
+    """`text` shortened with '..' until it is at most `width` pixels wide."""
+    if font.getlength(text) <= width or len(text) <= 2:
+        return text
+    while len(text) > 2 and font.getlength(text + "..") > width:
+        text = text[:-1]
+    return text + ".."
+
+
+def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """Words of `text` in lines of at most `width` pixels (a longer word stands alone)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def label_grid(
+    grid: Image.Image,
+    cell: tuple[int, int],
+    origin: tuple[int, int] = (0, 0),
+    *,
+    title: str = "",
+    rows: Sequence[str] = (),
+    columns: Sequence[str] = (),
+    marked: Sequence[tuple[int, int]] = (),
+) -> Image.Image:
+    """`grid` on a larger white canvas: the title above (wrapped), `columns` over the columns,
+    `rows` left of the rows, and a red frame around each (row, column) in `marked`. `cell`:
+    the (width, height) step from one tile to the next; `origin`: the first tile's top left."""
+    font = ImageFont.load_default(size=12)  # Pillow's own font: no font files needed
+    line = int(font.getbbox("Ag")[3]) + _GAP
+    left = int(max((font.getlength(r) for r in rows), default=0)) + 2 * _GAP if rows else 0
+    width = max(left + grid.width + _GAP, 320 if title else 0)
+    title_lines = _wrap(title, font, width - 2 * _GAP) if title else []
+    top = len(title_lines) * line + (_GAP if title_lines else 0) + (line if columns else 0)
+    canvas = Image.new("RGB", (width, top + grid.height + _GAP), "white")
+    canvas.paste(grid.convert("RGB"), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for i, text in enumerate(title_lines):
+        draw.text((_GAP, _GAP // 2 + i * line), text, fill=_INK, font=font)
+    step_x, step_y = cell
+    x0, y0 = left + origin[0], top + origin[1]
+    for k, text in enumerate(columns):
+        text = _fit(text, font, step_x - 2)
+        x = x0 + k * step_x + (step_x - font.getlength(text)) / 2
+        draw.text((x, top - line), text, fill=_INK, font=font)
+    for r, text in enumerate(rows):
+        y = y0 + r * step_y + (step_y - line) / 2
+        draw.text((_GAP, y), text, fill=_INK, font=font)
+    for r, k in marked:
+        x, y = x0 + k * step_x, y0 + r * step_y
+        draw.rectangle((x - 2, y - 2, x + step_x - 1, y + step_y - 1), outline=_MARK, width=2)
+    return canvas
+
+
+def save_grid(
+    images: torch.Tensor,
+    path: str | Path,
+    nrow: int | None = None,
+    *,
+    title: str = "",
+    rows: Sequence[str] = (),
+    columns: Sequence[str] = (),
+    marked: Sequence[tuple[int, int]] = (),
+) -> Path:
+    """The grid of `images` as a PNG; with labels (see `label_grid`) drawn around its tiles."""
     path = Path(path)
-    grid = image_grid(images, nrow)
+    n, _, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    scale = max(1, 64 // max(h, w))
+    grid = image_grid(images, nrow, scale=scale)
+    if title or rows or columns or marked:
+        padding = 2  # image_grid's
+        cell = ((w + padding) * scale, (h + padding) * scale)
+        grid = label_grid(
+            grid,
+            cell,
+            (padding * scale // 2, padding * scale // 2),
+            title=title,
+            rows=rows,
+            columns=columns,
+            marked=marked,
+        )
     atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
     return path
 

@@ -361,6 +361,11 @@ class Run:
 
 
 def _read_config(run_dir: Path) -> tuple[Config, tuple[int, int, int], dict[str, Any]]:
+    if run_dir.is_file() and (run_dir.parent / CONFIG).is_file():
+        raise RunError(
+            f"{run_dir} is a file inside the run {run_dir.parent}: pass the run directory, "
+            f"{run_dir.parent}"
+        )
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} not found")
     path = run_dir / CONFIG

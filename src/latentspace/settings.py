@@ -106,49 +106,82 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     return False, tp
 
 
+def _parse_tuple(tp: Any, value: Any, where: str) -> tuple[Any, ...]:
+    """A tuple field from "512,256" or a list, or one line naming the field, the value and the
+    form it takes (an item's own reason said once, not a nested error)."""
+    args = typing.get_args(tp)
+    kind = {int: "whole numbers", float: "numbers"}.get(args[0], "values")
+    example = {int: "512,256", float: "0.9,0.999"}.get(args[0], "a,b")
+    count = "" if args[-1] is Ellipsis else f"{len(args)} "
+    expected = f"expected {count}{kind} separated by commas, e.g. {example}"
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ConfigError(f"{where}: cannot use {value!r}: {expected}")
+    items = [i for i in items if not (isinstance(i, str) and i.strip() == "")]
+    item_types = [args[0]] * len(items) if args[-1] is Ellipsis else list(args)
+    if len(item_types) != len(items):
+        raise ConfigError(f"{where}: cannot use {value!r}: {expected}")
+    parsed = []
+    for item_type, item in zip(item_types, items, strict=True):
+        try:
+            parsed.append(_parse_scalar(item_type, item))
+        except (TypeError, ValueError) as error:
+            single = len(items) == 1 and str(item).strip() == str(value).strip()
+            said = str(error).replace("expected", "is not", 1)
+            reason = "" if single else f"{str(item).strip()!r} {said}; "
+            raise ConfigError(f"{where}: cannot use {value!r}: {reason}{expected}") from None
+    return tuple(parsed)
+
+
+def _parse_scalar(tp: Any, value: Any) -> Any:
+    """`value` as a bool, int, float or str, or ValueError saying what was expected."""
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("expected a whole number")
+        try:
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        except (TypeError, ValueError):
+            raise ValueError("expected a whole number") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected a number") from None
+        if not math.isfinite(number):  # inf and nan pass every `> 0` check, then diverge
+            raise ValueError("expected a finite number")
+        return number
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError("expected text")
+        return value
+    raise TypeError(f"unsupported field type {tp!r}")  # pragma: no cover
+
+
 def parse_value(tp: Any, value: Any, where: str) -> Any:
     """Coerce `value` (from TOML, JSON or a CLI string) to the field type `tp`, or raise ConfigError."""
     optional, inner = _is_optional(tp)
     if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", ""))):
         return None
-    tp = inner
-    origin = typing.get_origin(tp)
+    if typing.get_origin(inner) is tuple:
+        return _parse_tuple(inner, value, where)
     try:
-        if origin is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            items = [i for i in items if not (isinstance(i, str) and i.strip() == "")]
-            args = typing.get_args(tp)
-            item_types = [args[0]] * len(items) if args[-1] is Ellipsis else list(args)
-            if len(item_types) != len(items):
-                raise ValueError(f"expected {len(item_types)} values")
-            return tuple(parse_value(t, i, where) for t, i in zip(item_types, items, strict=True))
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("true", "1", "yes", "on"):
-                return True
-            if text in ("false", "0", "no", "off"):
-                return False
-            raise ValueError("expected true or false")
-        if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError("expected a whole number")
-            return int(value) if not isinstance(value, str) else int(value.strip())
-        if tp is float:
-            if isinstance(value, bool):
-                raise ValueError("expected a number")
-            number = float(value)
-            if not math.isfinite(number):  # inf and nan pass every `> 0` check, then diverge
-                raise ValueError("expected a finite number")
-            return number
-        if tp is str:
-            if not isinstance(value, str):
-                raise ValueError("expected text")
-            return value
+        return _parse_scalar(inner, value)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where}: cannot use {value!r} ({error})") from None
-    raise ConfigError(f"{where}: unsupported field type {tp!r}")  # pragma: no cover
 
 
 def replace_fields(obj: Any, values: Mapping[str, Any], section: str) -> Any:

@@ -30,6 +30,7 @@ from latentspace.errors import ConfigError, RunError, StorageError, TrainingDive
 from latentspace.models import GenerativeModel, build_model, check_rebuilds
 from latentspace.models.base import diverging_lr
 from latentspace.models.networks import name_networks
+from latentspace.progress import format_duration, is_silenced, on_terminal
 
 __all__ = ["Callback", "StopTraining", "Trainer", "average_terms", "train"]
 
@@ -136,7 +137,7 @@ class Trainer:
         self.train_config = config.train
         self.run_dir = run_dir
         self.callbacks = list(callbacks)
-        self.quiet = quiet
+        self.quiet = quiet or is_silenced()
         self.log = log or (lambda line: print(line, flush=True))
         self.device = select_device(config.train.device)
         # Reading a number back from a GPU waits for all queued work, so there the running loss
@@ -173,6 +174,9 @@ class Trainer:
         self.bad_epochs = 0
         self.records: list[dict[str, Any]] = []
         self.stop_reason = ""
+        # wall seconds of each whole epoch (steps, validation, checkpoint, callbacks) trained by
+        # this process: the time left of the whole run is extrapolated from them
+        self.epoch_walls: list[float] = []
 
     def _place(self, images: torch.Tensor) -> torch.Tensor:
         """Move the whole uint8 dataset to the device once, when it fits comfortably."""
@@ -272,7 +276,14 @@ class Trainer:
         _call(self.callbacks, "on_train_start", self)
         self.model.train()
         epochs = self.train_config.epochs
+        if self.epoch < epochs and not self.stop_reason and not self.quiet:
+            self.log(
+                f"training epochs {self.epoch + 1}-{epochs} of {epochs}, "
+                f"{len(self.train_batches)} batches of {self.train_config.batch_size} images "
+                f"each, on {self.device.type}"
+            )
         while self.epoch < epochs and not self.stop_reason:
+            started = time.perf_counter()
             record = self._run_epoch()
             warnings = self.model.epoch_warnings(record)
             if warnings:
@@ -280,6 +291,7 @@ class Trainer:
             self.records.append(record)
             _call(self.callbacks, "on_checkpoint", self, record)
             self.save()
+            self.epoch_walls.append(time.perf_counter() - started)
             self._report(record)
             try:
                 _call(self.callbacks, "on_epoch_end", self, record)
@@ -302,7 +314,7 @@ class Trainer:
         bar = tqdm(
             total=len(self.train_batches),
             desc=f"epoch {epoch + 1}/{self.train_config.epochs}",
-            disable=self.quiet or not sys.stderr.isatty(),
+            disable=self.quiet or not on_terminal(sys.stderr),
             leave=False,
             unit="batch",
             dynamic_ncols=True,
@@ -322,6 +334,14 @@ class Trainer:
                         self._diverged(total, step)
                     if step % 20 == 0 or check_every > 1:
                         bar.set_postfix(loss=f"{float(terms['total']):.4g}", refresh=False)
+                        if not bar.disable:
+                            done = (step + 1) / len(self.train_batches)
+                            left = self.run_seconds_left(time.perf_counter() - start, done)
+                            bar.set_description_str(
+                                f"epoch {epoch + 1}/{self.train_config.epochs}, run "
+                                f"{format_duration(left)} left",
+                                refresh=False,
+                            )
                 bar.update()
         totals = sums.tolist()
         seconds = time.perf_counter() - start
@@ -366,6 +386,18 @@ class Trainer:
             f"(epoch {self.epoch})"
         )
 
+    def run_seconds_left(self, in_epoch: float = 0.0, fraction: float = 0.0) -> float:
+        """Seconds until train.epochs, at the pace of this process's epochs: `in_epoch` seconds
+        spent on the `fraction` of the epoch under way (early stopping may end it sooner)."""
+        if self.epoch_walls:
+            per_epoch = sum(self.epoch_walls) / len(self.epoch_walls)
+        elif fraction > 0:
+            per_epoch = in_epoch / fraction  # the first epoch: its steps so far
+        else:
+            return math.nan
+        after = max(0, self.train_config.epochs - self.epoch - (1 if fraction > 0 else 0))
+        return per_epoch * (after + (1.0 - fraction if fraction > 0 else 0.0))
+
     def _report(self, record: dict[str, Any]) -> None:
         if self.quiet:
             return
@@ -376,6 +408,8 @@ class Trainer:
         if "val" in record:
             line += f"  val {record['val']['total']:.4f}"
         line += f"  {record['samples_per_s']:.0f} samples/s  {record['seconds']:.1f}s"
+        if record["epoch"] < self.train_config.epochs:
+            line += f"  about {format_duration(self.run_seconds_left())} left"
         self.log(line)
         for warning in record.get("warnings", []):
             self.log(f"  warning: {warning}")

@@ -12,6 +12,7 @@ so they serve every model family.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,19 @@ from latentspace.errors import LatentspaceError
 from latentspace.html import escape, img_tag, table, write_page
 from latentspace.imaging import save_grid
 from latentspace.models import GenerativeModel
+from latentspace.progress import Progress
 from latentspace.runs import Run, check_writable, open_run
 
 __all__ = [
     "latent_map",
+    "latest_quality",
     "loss_figure",
     "prior_moments",
     "report_images",
     "traversal_images",
+    "traversal_labels",
     "write_report",
+    "write_training_report",
 ]
 
 REPORT = "report.html"
@@ -68,6 +73,24 @@ def traversal_images(
     return model.decode(codes.to(model.device)).cpu()
 
 
+def traversal_labels(
+    model: GenerativeModel, dims: list[int], spread: float, steps: int, around: str
+) -> dict[str, Any]:
+    """The title, row and column labels of `traversal_images`' grid (for `save_grid`): each row
+    names its dimension and the values it runs through, each column its t."""
+    mean, std = prior_moments(model)
+    rows = [
+        f"z{d}: {float(mean[d] - spread * std[d]):.2g} to {float(mean[d] + spread * std[d]):.2g}"
+        for d in dims
+    ]
+    columns = [f"{t:+.2g} sd" for t in torch.linspace(-spread, spread, steps).tolist()]
+    title = (
+        f"{around}: each row sets one latent dimension to the prior mean + t prior standard "
+        "deviations (t across, the values it takes on the left); the other dimensions stay"
+    )
+    return {"title": title, "rows": rows, "columns": columns}
+
+
 def _plane_range(projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The 2nd to 98th percentile of each coordinate: the plane where the codes actually are."""
     low = torch.quantile(projected, 0.02, dim=0)
@@ -100,15 +123,27 @@ def latent_map(
     else:
         shown = projected
     labels = images.labels.tolist() if images.labels is not None else None
-    _scatter(shown, labels, images.classes, axes, scatter_path)
+    what = "PCA" if method == "pca" and dim != 2 else ("latent" if method == "pca" else "t-SNE")
+    title = f"{len(codes)} codes of {images.source} ({what} view)" + (
+        ", coloured by label" if labels is not None else ""
+    )
+    _scatter(shown, labels, images.classes, axes, scatter_path, title)
+    plane_axes = ("z0", "z1") if dim == 2 else ("PC1", "PC2")
     low, high = _plane_range(projected)
     u = torch.linspace(float(low[0]), float(high[0]), grid)
     v = torch.linspace(float(high[1]), float(low[1]), grid)  # top row: largest second coordinate
     plane = latent.plane_codes(mean, directions, u, v)
     with torch.no_grad():
         decoded = run.model.decode(plane.to(run.model.device)).cpu()
-    save_grid(decoded, plane_path, nrow=grid)
-    what = "PCA" if method == "pca" and dim != 2 else ("latent" if method == "pca" else "t-SNE")
+    save_grid(
+        decoded,
+        plane_path,
+        nrow=grid,
+        title=f"{run.path}: images decoded over {plane_text}, {plane_axes[0]} across (values "
+        f"above), {plane_axes[1]} down (values left)",
+        columns=[f"{value:.2g}" for value in u.tolist()],
+        rows=[f"{plane_axes[1]} {value:.2g}" for value in v.tolist()],
+    )
     return {
         "scatter": f"{len(codes)} codes of {images.source} ({what} view), coloured by label",
         "plane": f"{grid}x{grid} images decoded over {plane_text} (2nd-98th percentile of the "
@@ -128,9 +163,12 @@ def _scatter(
     classes: list[str] | None,
     axes: tuple[str, str],
     path: Path,
+    title: str = "",
 ) -> None:
     figure = _figure(6.5, 5.5)
     ax = figure.add_subplot()
+    if title:
+        ax.set_title(title, fontsize=10)
     xy = points.detach().cpu().numpy()
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6)
@@ -139,7 +177,7 @@ def _scatter(
             chosen = [i for i, label in enumerate(labels) if label == value]
             name = classes[value] if classes and 0 <= value < len(classes) else str(value)
             ax.scatter(xy[chosen, 0], xy[chosen, 1], s=4, alpha=0.7, label=name)
-        ax.legend(markerscale=3, fontsize=8, loc="best")
+        ax.legend(markerscale=3, fontsize=8, loc="best", title="label")
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
     figure.savefig(path)
@@ -220,7 +258,7 @@ def _evaluation(run: Run, images: ImageSet) -> tuple[dict[str, Any], str]:
 def _metrics_table(record: dict[str, Any]) -> str:
     rows = []
     for key, value in record.items():
-        if key == "kind" or isinstance(value, list):
+        if key == "kind" or isinstance(value, list | dict):
             continue
         shown = f"{value:.5g}" if isinstance(value, float) else value
         rows.append((key, shown))
@@ -259,8 +297,24 @@ class _Sections:
         return img_tag(self.folder / name, caption)
 
 
-def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
-    """Write `report.html` and its PNGs into the run directory; returns the HTML's path."""
+def write_training_report(
+    run_dir: str | Path, *, quiet: bool = False, log: Callable[[str], None] = print
+) -> Path | None:
+    """The report training writes (the CLI's `train` and `ls.train`): a problem never fails the
+    finished run, it becomes one warning line; returns the page, or None when it was not made."""
+    try:
+        path = write_report(run_dir, quiet=quiet)
+    except Exception as error:
+        log(f"warning: report not written ({type(error).__name__}: {error})".splitlines()[0])
+        return None
+    if not quiet:
+        log(f"report: {path}")
+    return path
+
+
+def write_report(run_dir: str | Path, *, device: str = "cpu", quiet: bool = False) -> Path:
+    """Write `report.html` and its PNGs into the run directory; returns the HTML's path. Says
+    which figure it makes, n of N and the time left on stderr unless `quiet`."""
     folder = Path(run_dir)
     run = open_run(folder, device)
     check_writable(folder / REPORT)  # a read-only run: one line now, not after every figure
@@ -287,21 +341,35 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
 
     def losses() -> str:
         terms = loss_figure(run.metrics, folder / "losses.png")
-        return sections.figure("losses.png", f"{', '.join(terms)} per epoch (nats per image)")
+        return sections.figure("losses.png", f"{', '.join(terms)} per epoch {_loss_units(model)}")
 
     def reconstructions() -> str:
         shown = images().images[:8]
         x = to_float(shown.to(model.device))
         with torch.no_grad():
             x_hat = model.reconstruct(x).cpu()
-        save_grid(torch.cat([x.cpu(), x_hat]), folder / "reconstructions.png", nrow=len(shown))
+        save_grid(
+            torch.cat([x.cpu(), x_hat]),
+            folder / "reconstructions.png",
+            nrow=len(shown),
+            title=f"images 0-{len(shown) - 1} of {images().source} and their reconstructions",
+            rows=["original", "reconstructed"],
+        )
         return sections.figure(
             "reconstructions.png", f"top: {images().source} images; bottom: reconstructions"
         )
 
     def samples() -> str:
-        save_grid(model.generate(64, generator=generator).cpu(), folder / "samples.png", nrow=8)
+        save_grid(
+            model.generate(64, generator=generator).cpu(),
+            folder / "samples.png",
+            nrow=8,
+            title=f"{folder.name}: 64 images generated from the model's prior, seed 0",
+        )
         return sections.figure("samples.png", "64 images decoded from the model's prior")
+
+    def sample_quality() -> str:
+        return _quality_section(run, quiet)
 
     def interpolation() -> str:
         pair = _distinct_pair(images())
@@ -311,7 +379,15 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
                 model.decode(latent.interpolate(a, b, 10, mode).to(model.device))
                 for mode in ("lerp", "slerp")
             ]
-        save_grid(torch.cat(rows).cpu(), folder / "interpolation.png", nrow=10)
+        save_grid(
+            torch.cat(rows).cpu(),
+            folder / "interpolation.png",
+            nrow=10,
+            title=f"from image {pair[0]} (left) to image {pair[1]} (right) of {images().source}, "
+            "decoded codes; t = share of the way",
+            rows=["linear", "spherical"],
+            columns=[f"t={t:.2g}" for t in torch.linspace(0, 1, 10).tolist()],
+        )
         return sections.figure(
             "interpolation.png",
             f"images {pair[0]} and {pair[1]} of {images().source}: linear (top) and spherical "
@@ -321,8 +397,12 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
     def traversal() -> str:
         spread_order = codes().var(0).argsort(descending=True).tolist()
         dims = sorted(spread_order[:10])
+        around = f"the code of {images().source} image 0"
         save_grid(
-            traversal_images(model, codes()[0], dims, 3.0, 9), folder / "traversal.png", nrow=9
+            traversal_images(model, codes()[0], dims, 3.0, 9),
+            folder / "traversal.png",
+            nrow=9,
+            **traversal_labels(model, dims, 3.0, 9, around),
         )
         return sections.figure(
             "traversal.png",
@@ -362,15 +442,23 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
         body = f"<ul>{notes}</ul>" if said else '<p class="note">No warnings.</p>'
         return body + "".join(sections.figure(png.name, title) for title, png in figures)
 
-    sections.add("Loss curves", losses)
-    sections.add("Training diagnostics", diagnostics)
-    sections.add("Reconstructions", reconstructions)
-    sections.add("Samples", samples)
-    sections.add("Interpolation", interpolation)
-    sections.add("Traversal", traversal)
-    sections.add("Latent map", latent_maps)
-    sections.add("Metrics", metrics)
-    sections.add("Configuration", lambda: _config_table(run))
+    planned: list[tuple[str, Callable[[], str]]] = [
+        ("Loss curves", losses),
+        ("Training diagnostics", diagnostics),
+        ("Reconstructions", reconstructions),
+        ("Samples", samples),
+        ("Sample quality", sample_quality),
+        ("Interpolation", interpolation),
+        ("Traversal", traversal),
+        ("Latent map", latent_maps),
+        ("Metrics", metrics),
+        ("Configuration", lambda: _config_table(run)),
+    ]
+    with Progress(f"report {folder}", len(planned), quiet=quiet) as progress:
+        for heading, make in planned:
+            progress.phase(heading.lower())
+            sections.add(heading, make)
+            progress.advance()
     summary = (
         f"<p>{escape(model.name)} on {escape(run.config.data.dataset)}, images "
         f"{'x'.join(map(str, run.image_shape))}, latent_dim {model.latent_dim}, "
@@ -382,6 +470,77 @@ def write_report(run_dir: str | Path, *, device: str = "cpu") -> Path:
         )
     items = [("Run", summary), *sections.items]
     return write_page(folder / REPORT, f"latentspace report: {folder.name}", items)
+
+
+def _loss_units(model: GenerativeModel) -> str:
+    """What the loss curves measure, as the model declares it (never guessed from its family)."""
+    if model.monitor is None:
+        return (
+            "(each player's own loss: they are not minimised together and do not say how good the "
+            "images are; the FID under Sample quality does)"
+        )
+    if model.has_likelihood():
+        return "(nats per image)"
+    return f"(per image; early stopping watches validation {model.monitor})"
+
+
+_QUICK_FID = 500  # samples (and held-out images) of the report's own FID when none was measured
+
+
+def latest_quality(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest FID/KID of a run's metrics: a `quality` record or an evaluation's `--fid`."""
+    for record in reversed(records):
+        if record.get("kind") == "quality":
+            return record
+        if record.get("kind") == "evaluation" and isinstance(record.get("quality"), dict):
+            return dict(record["quality"])
+    return None
+
+
+def _quality_section(run: Run, quiet: bool) -> str:
+    """The latest measured FID/KID; for a model without a validation loss, whose samples are all
+    there is to judge, a quick FID of a few samples when none was measured."""
+    found = latest_quality(run.metrics)
+    if found is not None:
+        rows = [
+            ("FID", f"{found['fid']:.3f}", f"{found['floor_fid']:.3f}"),
+            (
+                "KID x 10^3",
+                f"{1e3 * found['kid_mean']:.3f} +- {1e3 * found['kid_std']:.3f}",
+                f"{1e3 * found['floor_kid_mean']:.3f} +- {1e3 * found['floor_kid_std']:.3f}",
+            ),
+        ]
+        if found.get("classes_covered") is not None and found.get("classes"):
+            rows.append(
+                ("classes covered", f"{found['classes_covered']}/{len(found['classes'])}", "")
+            )
+        note = (
+            f"From the run's latest `latentspace quality` record: {found['n_generated']} generated "
+            f"images against {found['n_reference']} of {found['reference']}, in "
+            f"{found['features']} (not comparable with published Inception-FID). The floor is "
+            "real training images against the same reference."
+        )
+        return f'<p class="note">{escape(note)}</p>' + table(rows, ["score", "samples", "floor"])
+    if run.model.monitor is not None:
+        return (
+            '<p class="note">No FID measured yet: <code>latentspace quality RUN</code> measures '
+            "FID/KID and class coverage of the run's samples.</p>"
+        )
+    from latentspace.analysis.quality import sample_fid
+
+    def log(line: str) -> None:  # training the feature network once: say so on stderr
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    fid = sample_fid(run.model, run.config, n=_QUICK_FID, log=log)
+    note = (
+        f"A quick FID made for this report: {_QUICK_FID} samples against {_QUICK_FID} held-out "
+        "images in latentspace's own classifier features, higher and noisier than the "
+        "10,000-sample FID of `latentspace quality RUN` (run it for the full numbers)."
+    )
+    return f'<p class="note">{escape(note)}</p>' + table(
+        [("FID", f"{fid:.2f}")], ["score", "value"]
+    )
 
 
 def _epochs(run: Run) -> int:

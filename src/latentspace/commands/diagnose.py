@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=Path("experiments"), help="output folder (default: experiments)"
     )
     experiment.add_argument("--seed", type=int, default=0)
+    experiment.add_argument(
+        "--quiet", action="store_true", help="no progress lines (trial n of N, time left)"
+    )
     experiment.set_defaults(handler=run_experiment)
 
 
@@ -51,6 +54,26 @@ def run_diagnose(args: argparse.Namespace) -> int:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
+    import sys
+
+    from latentspace.experiments import DEFAULT_MINUTES, EXPERIMENTS
+    from latentspace.progress import command_plan, format_duration, silenced
+
+    count = len(EXPERIMENTS) if args.name == "all" else 1
+    minutes = args.budget if args.budget is not None else DEFAULT_MINUTES * count
+    if not args.quiet:
+        print(
+            f"experiment {args.name}: {count} experiment{'s' if count > 1 else ''} in about "
+            f"{format_duration(60 * minutes)} (--budget); measuring this machine's training "
+            "speed first (a few seconds)",
+            file=sys.stderr,
+            flush=True,
+        )
+    with silenced(args.quiet), command_plan(60 * minutes):
+        return _run_experiment(args)
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
     from latentspace.experiments import run_all, run_experiment
 
     if args.name == "all":

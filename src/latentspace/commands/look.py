@@ -11,7 +11,14 @@ import torch
 
 from latentspace.analysis import latent
 from latentspace.commands._common import add_device_arguments, load_input, open_run_for_use
-from latentspace.data import batched, load_image, named_dataset, split_reference, to_float
+from latentspace.data import (
+    ImageSet,
+    batched,
+    load_image,
+    named_dataset,
+    split_reference,
+    to_float,
+)
 from latentspace.errors import ConfigError, DataError
 from latentspace.imaging import save_grid
 from latentspace.runs import Run, append_metrics
@@ -38,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=100, help="images per batch (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seeds the importance samples")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument(
         "--precision",
         default=PRECISIONS[0],
@@ -105,6 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("report", help="write report.html with figures and metrics")
     p.add_argument("run", type=Path)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_device_arguments(p)
     p.set_defaults(handler=run_report)
 
@@ -214,7 +223,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         quiet = args.json  # the output must stay one JSON object
         log = (lambda line: None) if quiet else print
-        report = evaluate_quality(run, n=max(2, args.fid), seed=args.seed, log=log)
+        report = evaluate_quality(
+            run, n=max(2, args.fid), seed=args.seed, log=log, quiet=args.quiet
+        )
         record["quality"] = dict(vars(report))
     append_metrics(run.path, record)
     if args.json:
@@ -276,7 +287,16 @@ def run_interpolate(args: argparse.Namespace) -> int:
     with torch.no_grad():
         decoded = run.model.decode(path.to(run.model.device)).cpu()
     strip = torch.cat([to_float(source), decoded, to_float(target)])
-    save_grid(strip, args.out, nrow=len(strip))
+    weights = torch.linspace(0, 1, args.steps).tolist()
+    save_grid(
+        strip,
+        args.out,
+        nrow=len(strip),
+        title=f"{run.path}: {args.mode} from {source_name} (left) to {target_name} (right), "
+        f"the originals framed; {args.steps} codes decoded between them, t = share of the way",
+        columns=["from", *(f"t={t:.2g}" for t in weights), "to"],
+        marked=[(0, 0), (0, len(strip) - 1)],
+    )
     print(f"wrote {args.out}: {source_name}, {args.steps} decoded {args.mode} steps, {target_name}")
     return 0
 
@@ -284,7 +304,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
 def run_traverse(args: argparse.Namespace) -> int:
     if args.steps < 2:
         raise ConfigError(f"--steps {args.steps}: a traversal needs at least 2")
-    from latentspace.analysis.report import prior_moments, traversal_images
+    from latentspace.analysis.report import prior_moments, traversal_images, traversal_labels
 
     run = open_run_for_use(args)
     dims = parse_dims(args.dims, run.model.latent_dim)
@@ -294,7 +314,12 @@ def run_traverse(args: argparse.Namespace) -> int:
     else:
         z, name = prior_moments(run.model)[0], "the prior mean"
     images = traversal_images(run.model, z, dims, args.range, args.steps)
-    save_grid(images, args.out, nrow=args.steps)
+    save_grid(
+        images,
+        args.out,
+        nrow=args.steps,
+        **traversal_labels(run.model, dims, args.range, args.steps, f"{run.path}: {name}"),
+    )
     print(
         f"wrote {args.out}: {len(dims)} rows (dimensions {_short(dims)}) x {args.steps} images, "
         f"each dimension from -{args.range:g} to +{args.range:g} prior standard deviations "
@@ -336,21 +361,40 @@ def run_neighbours(args: argparse.Namespace) -> int:
     k = min(args.k, len(pool))
     distances, indices = latent.nearest_neighbours(query_code, codes, k)
     found = indices[0]
-    save_grid(torch.cat([to_float(query), to_float(pool.images[found])]), args.out, nrow=k + 1)
+    labels = [_label_of(pool, index) for index in found.tolist()]
+    save_grid(
+        torch.cat([to_float(query), to_float(pool.images[found])]),
+        args.out,
+        nrow=k + 1,
+        title=f"{run.path}: the query {name} (framed), then its {k} nearest images of "
+        f"{pool.source} in latent space, with their distance and label",
+        columns=[
+            "query",
+            *(
+                f"{d:.3f}{f' ({label})' if label else ''}"
+                for d, label in zip(distances[0].tolist(), labels, strict=True)
+            ),
+        ],
+        marked=[(0, 0)],
+    )
     print(f"wrote {args.out}: {name}, then its {k} nearest images of {pool.source}")
-    for index, distance in zip(found.tolist(), distances[0].tolist(), strict=True):
-        label = ""
-        if pool.labels is not None:
-            value = int(pool.labels[index])
-            label = f" ({pool.classes[value] if pool.classes else value})"
-        print(f"  {pool.source}[{index}]{label}  distance {distance:.3f}")
+    for index, distance, label in zip(found.tolist(), distances[0].tolist(), labels, strict=True):
+        print(f"  {pool.source}[{index}]{f' ({label})' if label else ''}  distance {distance:.3f}")
     return 0
+
+
+def _label_of(images: ImageSet, index: int) -> str:
+    """The class name (or number) of image `index`, or '' for unlabelled images."""
+    if images.labels is None:
+        return ""
+    value = int(images.labels[index])
+    return images.classes[value] if images.classes else str(value)
 
 
 def run_report(args: argparse.Namespace) -> int:
     from latentspace.analysis.report import write_report
 
     open_run_for_use(args)  # fails early, in one line, on a run that cannot be opened
-    path = write_report(args.run, device=args.device)
+    path = write_report(args.run, device=args.device, quiet=args.quiet)
     print(f"wrote {path}")
     return 0

@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-save", action="store_true", help="do not append to metrics.jsonl")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_device_arguments(p)
     p.set_defaults(handler=run_quality)
 
@@ -79,7 +80,7 @@ def run_quality(args: argparse.Namespace) -> int:
         raise DataError(f"-n {args.n}: FID/KID need at least 2 generated images")
     run = open_run_for_use(args)
     log = (lambda line: None) if args.json else print
-    report = evaluate_quality(run, n=args.n, seed=args.seed, log=log)
+    report = evaluate_quality(run, n=args.n, seed=args.seed, log=log, quiet=args.quiet)
     if not args.no_save:
         append_metrics(
             run.path, {"kind": "quality", "seed": args.seed, **dataclasses.asdict(report)}

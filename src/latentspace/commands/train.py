@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from latentspace import train
 from latentspace.commands._common import add_override_argument
 from latentspace.config import Config, apply_overrides, load_config
 from latentspace.errors import ConfigError
@@ -13,7 +14,6 @@ from latentspace.models import DEFAULT_MODEL, MODELS
 from latentspace.models.layers import ACTIVATIONS
 from latentspace.runs import committed_epoch
 from latentspace.settings import CHOICES, DataConfig, TrainConfig
-from latentspace.train import train
 
 __all__ = ["FLAGS", "add_config_flags", "config_from_args", "register"]
 
@@ -84,7 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config, then the flags below, then --set, each overriding the one before.",
     )
     parser.add_argument("--out", type=Path, help="run directory to create")
-    parser.add_argument("--config", type=Path, help="TOML file with [data], [model], [train]")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML file with [data], [model], [train], or the name of a shipped config such as "
+        "demo (`latentspace configs` lists them)",
+    )
     add_override_argument(parser, "override any setting (repeatable)")
     parser.add_argument(
         "--resume",
@@ -96,7 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--strict", action="store_true", help="image folders: unreadable files are an error"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar, epoch lines or report progress"
+    )
     parser.add_argument("--no-report", action="store_true", help="do not write report.html")
     parser.add_argument(
         "--no-diagnostics",
@@ -140,6 +147,7 @@ def _what_was_kept(where: Path | None) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    report = not args.no_report
     if args.resume is not None:
         if args.out is not None and args.out != args.resume:
             raise ConfigError("--resume continues a run in place: leave out --out")
@@ -154,33 +162,23 @@ def _run_train(args: argparse.Namespace) -> int:
         saved, _, _ = read_run_config(args.resume)
         epochs = args.epochs if args.epochs is not None else saved.train.epochs
         config = apply_overrides(saved, [f"train.epochs={epochs}"])
-        run = train(
+        train(
             config,
             args.resume,
             resume=True,
             quiet=args.quiet,
             diagnostics=not args.no_diagnostics,
+            report=report,
         )
     else:
         if args.out is None:
             raise ConfigError("say where the run goes: --out runs/NAME")
         config = config_from_args(args)
-        run = train(config, args.out, quiet=args.quiet, diagnostics=not args.no_diagnostics)
-    if not args.quiet:
-        print(f"run saved in {run.path}")
-    if not args.no_report:
-        _write_report(run.path, args.quiet)
+        train(
+            config,
+            args.out,
+            quiet=args.quiet,
+            diagnostics=not args.no_diagnostics,
+            report=report,
+        )
     return 0
-
-
-def _write_report(run_dir: Path, quiet: bool) -> None:
-    """The report never fails a finished training run: a problem becomes one warning line."""
-    from latentspace.analysis.report import write_report
-
-    try:
-        path = write_report(run_dir)
-    except Exception as error:
-        print(f"warning: report not written ({type(error).__name__}: {error})".splitlines()[0])
-        return
-    if not quiet:
-        print(f"report: {path}")

@@ -38,9 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tune-report.html. See docs/tuning.md.",
     )
     parser.add_argument(
-        "--config", type=Path, help=f"base config TOML (default: the {DEFAULT_MODEL} defaults)"
+        "--config",
+        type=Path,
+        help=f"base config: a TOML file or a shipped name such as tune-base (default: the "
+        f"{DEFAULT_MODEL} defaults)",
     )
-    parser.add_argument("--space", type=Path, help="space TOML overriding the default space")
+    parser.add_argument(
+        "--space",
+        type=Path,
+        help="space TOML overriding the default space (a file, or the shipped tune-space, which "
+        "documents the format)",
+    )
     parser.add_argument("--study", help="study name (default: the name of --out)")
     parser.add_argument("--out", type=Path, required=True, help="directory for the study's results")
     parser.add_argument("--trials", type=int, default=50, help="trials in total (default 50)")
@@ -137,14 +145,17 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.space is not None:
         import tomllib
 
+        from latentspace.config import config_path
+
+        args.space = config_path(args.space, "search space")
         try:
             space_raw = tomllib.loads(args.space.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"space file {args.space} not found") from None
         except IsADirectoryError:
             raise ConfigError(
-                f"space file {args.space} is a directory: give a .toml file "
-                "(e.g. configs/tune-space.toml)"
+                f"space file {args.space} is a directory: give a .toml file (e.g. a copy of the "
+                "shipped one: `latentspace configs copy tune-space space.toml`)"
             ) from None
         except OSError as error:
             raise ConfigError(

@@ -190,9 +190,10 @@ def _check_origin(path: Path, origin: dict[str, str], run: Run, force: bool) -> 
     )
 
 
-def _write_images(images: torch.Tensor, out: Path) -> str:
+def _write_images(images: torch.Tensor, out: Path, title: str) -> str:
+    """A labelled grid when `out` is a .png, else one PNG per image in the folder `out`."""
     if out.suffix.lower() == ".png":
-        save_grid(images, out)
+        save_grid(images, out, title=title)
         return f"a grid of {len(images)} images in {out}"
     save_images(images, out)
     return f"{len(images)} PNG files in {out}/"
@@ -204,7 +205,8 @@ def run_decode(args: argparse.Namespace) -> int:
     _check_origin(args.codes, origin, run, args.force)
     codes = torch.from_numpy(array.astype(np.float32))
     images = batched(run.model.decode, codes, run.model.device)
-    print(f"decoded {_write_images(images, args.out)}")
+    title = f"{run.path}: {len(images)} codes of {args.codes} decoded"
+    print(f"decoded {_write_images(images, args.out, title)}")
     return 0
 
 
@@ -226,7 +228,8 @@ def run_generate(args: argparse.Namespace) -> int:
             "another --seed for more"
         )
     images = run.model.generate(args.n, generator=torch.Generator().manual_seed(args.seed)).cpu()
-    print(f"generated {_write_images(images, args.out)}")
+    title = f"{run.path}: {args.n} images generated from the prior, seed {args.seed}"
+    print(f"generated {_write_images(images, args.out, title)}")
     return 0
 
 
@@ -243,8 +246,22 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     for start in range(0, len(originals), nrow):  # an originals row, then its reconstructions
         rows += [originals[start : start + nrow], recon[start : start + nrow]]
     grid_rows = [torch.cat([r, torch.ones(nrow - len(r), *r.shape[1:])]) for r in rows]
-    save_grid(torch.cat(grid_rows), args.out, nrow=nrow)
     error = float((recon - originals).pow(2).mean())
+    save_grid(
+        torch.cat(grid_rows),
+        args.out,
+        nrow=nrow,
+        title=f"{run.path}: {len(originals)} images of {images.source}, each row of originals "
+        f"above its reconstructions (mean squared error {error:.5f})",
+        rows=[
+            label
+            for start in range(0, len(originals), nrow)
+            for label in (
+                f"originals {start}-{min(start + nrow, len(originals)) - 1}",
+                "reconstructed",
+            )
+        ],
+    )
     print(
         f"wrote {args.out}: each row of originals is followed by its reconstructions "
         f"(mean squared error {error:.5f})"

@@ -22,6 +22,7 @@ from latentspace import html
 from latentspace.config import Config, apply_overrides
 from latentspace.diagnostics import read_diagnostics
 from latentspace.errors import TrainingDiverged
+from latentspace.progress import Progress, planned_after
 from latentspace.runs import read_metrics
 
 __all__ = [
@@ -96,6 +97,12 @@ class Context:
     budget_s: float
     seed: int
     speed: Speed
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    # the planned seconds of each trial (set by `epochs_for`) and the measured ones so far: the
+    # progress lines' time left
+    planned: list[float] = dataclasses.field(default_factory=list)
+    measured: list[float] = dataclasses.field(default_factory=list)
+    progress: Progress | None = None
 
     @property
     def samples_per_s(self) -> float:
@@ -107,12 +114,39 @@ class Context:
         return self.budget_s * _PLANNED * self.samples_per_s
 
     def epochs_for(self, specs: Sequence[TrialSpec], *, min_epochs: int, max_epochs: int) -> int:
-        """The most epochs (within the bounds) for which all `specs` fit the planned budget."""
+        """The most epochs (within the bounds) for which all `specs` fit the planned budget. The
+        specs are the experiment's trials: their planned seconds are kept for the progress."""
         planned = self.budget_s * _PLANNED
         fixed = sum(self.speed.trial_seconds(s, 0) for s in specs)
         per_epoch = sum(self.speed.trial_seconds(s, 1) for s in specs) - fixed
         epochs = int((planned - fixed) / max(per_epoch, 1e-9))
-        return max(min_epochs, min(max_epochs, epochs))
+        epochs = max(min_epochs, min(max_epochs, epochs))
+        self.planned = [self.speed.trial_seconds(s, epochs) for s in specs]
+        return epochs
+
+    def seconds_left(self) -> float:
+        """The command's time left before the next trial: the planned seconds of the trials to
+        come, at the pace measured on the ones done, and what the command plans after this
+        experiment (`experiment all`)."""
+        done = len(self.measured)
+        pace = sum(self.measured) / max(sum(self.planned[:done]), 1e-9) if done else 1.0
+        own = pace * sum(self.planned[done:])
+        return own + planned_after(self.started + self.budget_s)
+
+    def trial_starts(self, experiment: str, name: str) -> None:
+        """One progress line (a bar on a terminal): which trial, n of N, the time left."""
+        if not self.planned:  # a calibration context plans nothing: it takes seconds
+            return
+        if self.progress is None:
+            self.progress = Progress(f"experiment {experiment}", len(self.planned), unit="step")
+        self.progress.phase(f"trial {name}", left=self.seconds_left())
+
+    def trial_ends(self, seconds: float) -> None:
+        self.measured.append(seconds)
+        if self.progress is not None:
+            self.progress.advance()
+            if self.progress.done >= self.progress.total:
+                self.progress.close()
 
 
 def model_size(hidden: tuple[int, ...], latent_dim: int = 16) -> float:
@@ -232,18 +266,21 @@ def run_trial(ctx: Context, experiment: str, name: str, config: Config) -> Trial
     path = ctx.out / experiment / "trials" / name
     if path.exists():
         shutil.rmtree(path)
+    ctx.trial_starts(experiment, name)
     start = time.perf_counter()
     diverged = ""
     try:
-        ls.train(config, path, quiet=True)
+        ls.train(config, path, quiet=True, report=False)  # the experiment's page shows the trials
     except TrainingDiverged as error:
         diverged = str(error)
+    seconds = time.perf_counter() - start
+    ctx.trial_ends(seconds)
     return Trial(
         name,
         path,
         read_metrics(path),
         read_diagnostics(path),
-        time.perf_counter() - start,
+        seconds,
         diverged,
     )
 

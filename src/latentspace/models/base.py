@@ -8,6 +8,7 @@ autoencoder, a VAE and a GAN without knowing which it drives.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, NamedTuple, Protocol
 
@@ -28,6 +29,28 @@ _OPTIMIZERS: dict[str, tuple[Any, _Options, float]] = {
     "adam": (torch.optim.Adam, lambda train, betas: {"betas": betas}, 0.01),
     "adamw": (torch.optim.AdamW, lambda train, betas: {"betas": betas}, 0.01),
 }
+
+
+def _for_use(method: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`encode` / `decode` as a user calls them: outside training (the model in eval mode) and
+    with no input that asks for gradients, they build no graph, so `model.encode(x).numpy()`
+    works. Training (train mode) and a caller that differentiates with respect to its input (GAN
+    inversion: decode(z) with z requiring grad; an exported graph's probe) keep the graph."""
+    if getattr(method, "_for_use", False):
+        return method
+
+    @functools.wraps(method)
+    def wrapper(self: GenerativeModel, *args: Any, **kwargs: Any) -> torch.Tensor:
+        wanted = self.training or any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in (*args, *kwargs.values())
+        )
+        if wanted or not torch.is_grad_enabled():
+            return method(self, *args, **kwargs)
+        with torch.no_grad():
+            return method(self, *args, **kwargs)
+
+    wrapper._for_use = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 def diverging_lr(optimizer: str) -> float:
@@ -98,6 +121,14 @@ class GenerativeModel(nn.Module):
     # buffers added after runs were first saved: a weights file without one loads, and the buffer
     # keeps its initial value (a counter that only sets a phase, never a learned weight)
     optional_state: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A family's own `encode` and `decode` return codes and images without a graph when
+        used (see `_for_use`), as the base class's `generate` and `reconstruct` do."""
+        super().__init_subclass__(**kwargs)
+        for name in ("encode", "decode"):
+            if name in cls.__dict__:
+                setattr(cls, name, _for_use(cls.__dict__[name]))
 
     def __init__(
         self, config: Any, image_shape: tuple[int, int, int], train: TrainConfig | None = None
@@ -234,14 +265,18 @@ class GenerativeModel(nn.Module):
         optimizer.step()
 
     # ---- use: encode, decode, generate ----------------------------------------------------
+    # A family's encode and decode are wrapped when its class is made (`__init_subclass__`): in
+    # eval mode, on inputs that do not require grad, they return tensors without a graph.
     def encode(
         self, x: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """x: (B, C, H, W) in [0, 1] -> z: (B, D). Deterministic unless sample=True."""
+        """x: (B, C, H, W) in [0, 1] -> z: (B, D). Deterministic unless sample=True. In eval
+        mode the codes carry no graph unless x requires grad (train mode: they do)."""
         raise NotImplementedError
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (B, D) -> images (B, C, H, W) in [0, 1]."""
+        """z: (B, D) -> images (B, C, H, W) in [0, 1]. In eval mode the images carry no graph
+        unless z requires grad (train mode: they do)."""
         raise NotImplementedError
 
     def sample_latent(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:

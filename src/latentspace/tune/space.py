@@ -11,9 +11,10 @@ A space is a mapping from config keys (`train.lr`, `model.hidden_sizes`, ...) to
 - for `model.hidden_sizes` only, `{ layers = [1, 3], units = [32, 1024], log = true }`: the number
   of hidden layers, then the width of each layer (the widths exist only for the layers drawn).
 
-The default space (`DEFAULT_SPACE`, documented in configs/tune-space.toml) covers the settings
-users ask about; a space file overrides its entries one by one, `exclude = [...]` removes entries
-(the base config's value is then used), and `replace = true` starts from an empty space.
+The default space (`DEFAULT_SPACE`, documented in the shipped tune-space config: `latentspace
+configs show tune-space`) covers the settings users ask about; a space file overrides its entries
+one by one, `exclude = [...]` removes entries (the base config's value is then used), and
+`replace = true` starts from an empty space.
 """
 
 from __future__ import annotations
