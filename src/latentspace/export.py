@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import inspect
 import json
 import os
@@ -38,7 +37,7 @@ from torch import nn
 from latentspace._version import __version__
 from latentspace.errors import LatentspaceError, StorageError
 from latentspace.models import GenerativeModel
-from latentspace.runs import WEIGHTS, open_run
+from latentspace.runs import WEIGHTS, file_sha256, open_run
 
 __all__ = [
     "FORMATS",
@@ -242,13 +241,6 @@ def _first_line(error: Exception, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 # ---- the folder ------------------------------------------------------------------------------
 def default_out(run_dir: Path) -> Path:
@@ -341,7 +333,7 @@ def _export_part(model: GenerativeModel, part: _Part, folder: Path) -> dict[str,
         "file": path.name,
         "input": part.input,
         "output": part.output,
-        "sha256": _sha256(path),
+        "sha256": file_sha256(path),
         "max_abs_difference": difference,
     }
 
@@ -398,5 +390,5 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, 
     _onnx_modules()
     _check_out(out)  # before loading: a one-line error, whatever the run holds
     opened = open_run(run_dir, "cpu")
-    weights = _sha256(opened.path / WEIGHTS)
+    weights = file_sha256(opened.path / WEIGHTS)
     return export_model(opened.model, out, run=str(opened.path), weights_sha256=weights)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import sys
@@ -53,6 +54,7 @@ __all__ = [
     "check_writable",
     "clean_temporary",
     "committed_epoch",
+    "file_sha256",
     "foreign_files",
     "load_model",
     "lock_run",
@@ -64,6 +66,7 @@ __all__ = [
     "save_model",
     "save_trainer_state",
     "weights_epoch",
+    "weights_sha256",
     "write_metrics",
 ]
 
@@ -247,6 +250,21 @@ def committed_epoch(run_dir: Path) -> int | None:
         return None
     epoch = state.get("epoch") if isinstance(state, dict) else None
     return epoch if isinstance(epoch, int) else None
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(run_dir: Path) -> str:
+    """Which weights a run holds: the SHA-256 of its model.safetensors. Codes files, ONNX
+    manifests and the explorer's code cache record it, so they are never used with others."""
+    return file_sha256(run_dir / WEIGHTS)
 
 
 def save_config(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -17,7 +16,7 @@ from latentspace.commands._common import add_device_arguments, load_input, open_
 from latentspace.data import batched
 from latentspace.errors import ConfigError, DataError
 from latentspace.imaging import save_grid, save_images
-from latentspace.runs import WEIGHTS, Run, atomic_write
+from latentspace.runs import Run, atomic_write, weights_sha256
 
 __all__ = ["MAX_GENERATE", "MAX_GENERATE_VALUES", "register", "weights_id"]
 
@@ -91,11 +90,7 @@ def _human(n: float) -> str:
 
 def weights_id(run: Run) -> str:
     """The SHA-256 of the run's model.safetensors: which weights made a codes file."""
-    digest = hashlib.sha256()
-    with (run.path / WEIGHTS).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return weights_sha256(run.path)
 
 
 def run_encode(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from latentspace.analysis.evaluate import affordable_encodes
 from latentspace.data import batched, to_float
 from latentspace.errors import ConfigError, StorageError
-from latentspace.runs import CONFIG, WEIGHTS, Run, atomic_write
+from latentspace.runs import CONFIG, WEIGHTS, Run, atomic_write, file_sha256
 
 __all__ = ["CACHE", "ENCODE_BUDGET_S", "encode_images"]
 
@@ -34,20 +34,13 @@ _SLOW_BATCH = 64  # images per inversion batch: the progress bar moves, memory s
 _SAVE_EVERY_S = 60.0  # partial codes are saved this often while a slow encoder runs
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _key(run: Run, images: torch.Tensor) -> dict[str, str]:
     """What the cached codes belong to: these weights, this config (inversion settings) and
     these images, in this order."""
     return {
-        "weights_sha256": _sha256(run.path / WEIGHTS),
-        "config_sha256": _sha256(run.path / CONFIG),
+        "weights_sha256": file_sha256(run.path / WEIGHTS),
+        "config_sha256": file_sha256(run.path / CONFIG),
         "images_sha256": hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest(),
     }
 
