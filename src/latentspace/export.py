@@ -113,18 +113,11 @@ def _probe_codes(model: GenerativeModel, batch: int, generator: torch.Generator)
 
 
 def why_no_encoder_graph(model: GenerativeModel) -> str | None:
-    """None when `model.encode` is a function of the images that a graph can hold, else why not.
-
-    An encoder network's codes depend differentiably on its input; an encoder that is an
-    optimisation (GAN inversion: gradient descent in latent space) returns codes it searched
-    for, detached from the images, and a traced graph would hold one search's constants."""
-    images = _probe_images(model, 1, torch.Generator().manual_seed(0)).requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            codes = model.encode(images)
-    except NotImplementedError:
-        return f"this {model.name} model has no encoder"
-    if not codes.requires_grad:
+    """None when `model.encode` is a function of the images that a graph can hold, else why not:
+    the family declares it (`GenerativeModel.encode_is_network`). An encoder that is an
+    optimisation (GAN inversion: gradient descent in latent space) returns codes it searched for,
+    and a traced graph would hold one search's constants."""
+    if not model.encode_is_network:
         return (
             f"this {model.name} model's encode is an optimisation (such as GAN inversion), "
             "not a network a graph can hold"

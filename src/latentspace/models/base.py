@@ -118,6 +118,9 @@ class GenerativeModel(nn.Module):
     # no single player minimises (a GAN's d_loss + g_loss): patience is refused and tuning scores
     # samples instead.
     monitor: ClassVar[str | None] = "total"
+    # True: `encode` is one forward pass of a network (cheap, and a graph can hold it: ONNX export).
+    # False: an optimisation per image (GAN inversion), slow, and not exportable.
+    encode_is_network: ClassVar[bool] = True
     # buffers added after runs were first saved: a weights file without one loads, and the buffer
     # keeps its initial value (a counter that only sets a phase, never a learned weight)
     optional_state: ClassVar[frozenset[str]] = frozenset()

@@ -225,6 +225,7 @@ class GAN(GenerativeModel):
     config_class = GANConfig
     config: GANConfig
     monitor = None  # d_loss + g_loss is minimised by neither player: nothing to stop early on
+    encode_is_network = False  # encode is GAN inversion: gradient descent in latent space
     optional_state = frozenset({"r1_updates"})  # runs saved before it start the lazy R1 phase at 0
     ema_updates: torch.Tensor  # a buffer, only with ema > 0: generator steps averaged so far
     r1_updates: torch.Tensor  # a buffer, only with r1 > 0: discriminator steps taken so far
