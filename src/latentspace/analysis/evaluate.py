@@ -28,6 +28,11 @@ from latentspace.data import (
     prepare_data,
     to_float,
 )
+from latentspace.diagnostics.measure import (
+    ACTIVE_UNIT_THRESHOLD,
+    active_units,
+    posterior_mean_variance,
+)
 from latentspace.errors import ConfigError, DataError, RunError
 from latentspace.models import GenerativeModel
 from latentspace.runs import Run
@@ -50,7 +55,6 @@ __all__ = [
 
 DEFAULT_NLL_SAMPLES = 1000  # the usual reporting convention for MNIST VAEs
 EVAL_BINARIZE_SEED = 0
-ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016, section 5.2
 ENCODE_BUDGET_S = 60.0  # a slower encoder (GAN inversion) gets reconstruction metrics on a subset
 
 
@@ -110,17 +114,6 @@ def check_limit(limit: int | None) -> None:
 
 
 # ---- pure functions ---------------------------------------------------------------------------
-def posterior_mean_variance(means: torch.Tensor) -> torch.Tensor:
-    """Per latent dimension, Cov_x(E_q[z_u | x]) over the images: means (N, D) -> (D,)."""
-    return means.double().var(dim=0, unbiased=False)
-
-
-def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
-    """How many units have Cov_x(E_q[z_u | x]) > threshold (Burda et al. 2016): the rest have
-    collapsed to the prior."""
-    return int((posterior_mean_variance(means) > threshold).sum())
-
-
 def reconstruction_metrics(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-image MSE, PSNR (dB) and SSIM of reconstructions, both (B, C, H, W) in [0, 1]
     (torchmetrics; SSIM's Gaussian window shrinks to fit images smaller than 11 pixels)."""
@@ -264,7 +257,8 @@ def _likelihood_record(
     variance = posterior_mean_variance(codes)
     return {
         "reconstruction": record["negative_elbo"] - record["kl"],
-        "active_units": int((variance > ACTIVE_UNIT_THRESHOLD).sum()),
+        "active_units": active_units(codes),
+        "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
         "latent_dim": run.model.latent_dim,
         "kl_per_dim": [round(v, 5) for v in kl_per_dim.tolist()],
         "posterior_mean_variance": [round(v, 5) for v in variance.tolist()],

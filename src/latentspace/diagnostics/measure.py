@@ -1,4 +1,5 @@
-"""Finding a model's weighted layers and measuring its activations on a validation batch."""
+"""Finding a model's weighted layers and measuring its activations on a validation batch; the
+active-unit measure of a latent code (one threshold, used by diagnostics and `evaluate`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,21 @@ from typing import Any
 import torch
 from torch import nn
 
+__all__ = [
+    "ACTIVE_UNIT_THRESHOLD",
+    "Layer",
+    "active_units",
+    "find_layers",
+    "measure_activations",
+    "posterior_mean_variance",
+]
+
 # slope below 5% of its peak: sigmoid y(1-y) < 0.25 * 0.05; tanh 1 - y^2 < 0.05
 _SIGMOID_EDGE = 0.5 - math.sqrt(0.25 - 0.25 * 0.05)
 _TANH_EDGE = math.sqrt(1.0 - 0.05)
+# A latent unit is active when its posterior mean varies across images: Cov_x(E_q[z_u | x]) above
+# this (Burda et al. 2016, section 5.2). diagnostics, `evaluate` and the report all count with it.
+ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 @dataclasses.dataclass
@@ -69,6 +82,24 @@ def find_layers(model: nn.Module) -> list[Layer]:
     return layers
 
 
+def posterior_mean_variance(means: torch.Tensor) -> torch.Tensor:
+    """Per latent dimension, Cov_x(E_q[z_u | x]) over the images: means (N, D) -> (D,)."""
+    return means.double().var(dim=0, unbiased=False)
+
+
+def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
+    """How many units have Cov_x(E_q[z_u | x]) > threshold (Burda et al. 2016): the rest have
+    collapsed to the prior. means: (N, D) posterior means."""
+    return int((posterior_mean_variance(means) > threshold).sum())
+
+
+def _code_layer(layers: Sequence[Layer]) -> str | None:
+    """The layer that outputs the code (the encoder's last weighted layer), which carries the
+    code's measurements in a diagnostics record."""
+    names = [layer.name for layer in layers if layer.name.startswith("encoder layer ")]
+    return names[-1] if names else None
+
+
 def _activation_name(module: nn.Module) -> str:
     # isinstance, not a lookup by type: a subclass of nn.ReLU is still a ReLU
     for kind, name in ((nn.ReLU, "relu"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh")):
@@ -84,7 +115,9 @@ def measure_activations(
     """Run the model's `validation_step(x)` with hooks on the watched activations.
 
     Returns {layer name: {"activation", "dead_fraction" (ReLU: units that are zero for every
-    image; a conv unit is a channel), "saturated_fraction" (sigmoid/tanh outputs)}}."""
+    image; a conv unit is a channel), "saturated_fraction" (sigmoid/tanh outputs)}}. For a model
+    with a likelihood (a posterior over codes), the layer that outputs the code also gets
+    "active_units" (`active_units` of the posterior means of x) and "latent_dim"."""
     results: dict[str, dict[str, Any]] = {}
     handles = []
 
@@ -125,8 +158,29 @@ def measure_activations(
                 validation_step(x)
             else:
                 model(x)
+            for handle in handles:  # the code is measured without the activation hooks
+                handle.remove()
+            _measure_code(model, layers, x, results)
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
     return results
+
+
+def _measure_code(
+    model: nn.Module, layers: Sequence[Layer], x: torch.Tensor, results: dict[str, dict[str, Any]]
+) -> None:
+    """Active units of the posterior means of x, on the layer that outputs the code, for a model
+    that declares a likelihood (only such a model has a posterior whose spread means something)."""
+    code_layer = _code_layer(layers)
+    has_likelihood = getattr(model, "has_likelihood", None)
+    encode = getattr(model, "encode", None)
+    if code_layer is None or not callable(has_likelihood) or not callable(encode):
+        return
+    if not has_likelihood():
+        return
+    means = encode(x)  # the posterior mean: deterministic
+    results.setdefault(code_layer, {}).update(
+        active_units=active_units(means), latent_dim=int(means.shape[1])
+    )

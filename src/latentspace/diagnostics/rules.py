@@ -5,23 +5,42 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
+
+from latentspace.diagnostics.measure import ACTIVE_UNIT_THRESHOLD
+
+__all__ = ["TOO_HIGH", "UPSTREAM_OF_COLLAPSE", "Finding", "Thresholds", "detect", "replay"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    """When a measured number becomes a warning. docs/diagnostics.md gives the reasons."""
+    """When a measured number becomes a warning. docs/diagnostics.md gives the reasons, and
+    bench/diagnostics_accuracy.py the suite of labelled runs they were chosen on."""
 
-    dead_relu: float = 0.6  # fraction of a layer's ReLU units silent on every validation image
+    dead_relu: float = 0.9  # fraction of a layer's ReLU units silent on every validation image
+    dead_images: int = 100  # ... judged only on at least this many images (on 24, chance)
     saturated: float = 0.5  # fraction of a layer's sigmoid/tanh outputs with slope < 5% of peak
     vanishing: float = 1e-3  # first-layer / last-layer weight-gradient norm below this
-    exploding: float = 1e3  # ... above this
-    update_high: float = 0.25  # largest update-to-weight ratio of the epoch's sampled steps
+    exploding: float = 1e3  # a sampled step's gradient norm over the run's first step's above this
+    update_high: float = 1.0  # largest update-to-weight ratio of the epoch's sampled steps
     update_low: float = 5e-4  # ... of the epoch's last step below this in every layer
     loss_spike: float = 3.0  # epoch's mean training loss over its end-of-epoch loss above this
     loss_rise: float = 0.05  # training loss rose by more than this fraction over one epoch
     upturn: float = 0.01  # validation loss above its best by this fraction while training falls
+    upturn_epochs: int = 5  # ... in each of this many epochs in a row
     gap: float = 0.25  # (validation - training) / training loss above this
+    collapse: float = 0.1  # share of active latent units at or below this: posterior collapse
+    collapse_steps: int = 200  # ... after this many optimizer steps (units wake up in the first)
+    diverged: float = 0.1  # loss above the untrained model's by more than this fraction
+
+
+# the advised clipping norm over the first step's: above the growth of every healthy run in
+# bench/diagnostics_accuracy.py (at most 43 times), far below a blow-up
+_CLIP_OVER_START = 100
+
+# conditions that say the learning rate is too high: a run that met one is never told to raise it
+TOO_HIGH = ("update_high", "loss_spike", "loss_rise", "diverged")
+UPSTREAM_OF_COLLAPSE = (*TOO_HIGH, "update_low", "vanishing", "exploding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +55,19 @@ def _percent(value: float) -> str:
     return f"{100 * value:.0f}%"
 
 
-def _layer_warnings(
-    entry: dict[str, Any], lr: float, t: Thresholds, base_lr: float | None = None
-) -> list[Finding]:
+def _finite(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _layer_warnings(entry: dict[str, Any], lr: float, t: Thresholds) -> list[Finding]:
     found = []
     layers: dict[str, dict[str, Any]] = entry.get("layers", {})
     images = entry.get("val_images", 0)
     for name, stats in layers.items():
         dead = stats.get("dead_fraction")
-        if dead is not None and dead >= t.dead_relu:
+        # on few images, a unit silent on all of them may just be rare; a layer with no unit
+        # firing at all passes nothing for them, however few
+        if dead is not None and dead >= t.dead_relu and (images >= t.dead_images or dead == 1):
             found.append(
                 Finding(
                     f"dead_relu:{name}",
@@ -75,44 +98,115 @@ def _layer_warnings(
                     f"{lr:g} is probably too high, try --lr {lr / 10:g}",
                 )
             )
-    last = [s["update_ratio"] for s in layers.values() if s.get("update_ratio") is not None]
-    # a schedule that has lowered the rate below its start makes small steps on purpose
-    decayed = base_lr is not None and lr < base_lr
-    if last and max(last) < t.update_low and not decayed:
-        found.append(
-            Finding(
-                "update_low",
-                f"the last step's updates were at most {max(last):.2g} times the size of the "
-                f"weights in every layer (update-to-weight ratio; about 1e-3 is typical): "
-                f"training crawls, "
-                f"try a higher learning rate than {lr:g} (--lr {lr * 10:g})",
-            )
-        )
     return found
 
 
-def _gradient_warnings(entry: dict[str, Any], t: Thresholds) -> list[Finding]:
-    ratio = entry.get("grad_ratio")
-    if ratio is None:
+def _crawl_warning(
+    entry: dict[str, Any],
+    history: Sequence[dict[str, Any]],
+    found: Sequence[Finding],
+    lr: float,
+    t: Thresholds,
+    base_lr: float | None,
+) -> list[Finding]:
+    """Steps too small to make progress. Not said when a schedule has lowered the rate below
+    its start (small steps on purpose), nor in a run whose rate was found too high at any epoch:
+    its weights have grown so large (or its units died) that a normal step looks small, and a
+    higher rate is the opposite of the cure. Only for a model whose loss is a likelihood bound."""
+    layers: dict[str, dict[str, Any]] = entry.get("layers", {})
+    last = [s["update_ratio"] for s in layers.values() if s.get("update_ratio") is not None]
+    if not last or max(last) >= t.update_low or not entry.get("likelihood", True):
+        return []  # a GAN's players stop moving when one wins: that is no slow learning rate
+    decayed = base_lr is not None and lr < base_lr
+    too_high = {f.key for f in found} | {k for h in history for k in h.get("active", [])}
+    if decayed or too_high & set(TOO_HIGH):
         return []
-    first, last = entry["first_layer"], entry["last_layer"]
-    what = f"the weight gradient of {first} is {ratio:.2g} times that of {last}"
-    kinds = {s.get("activation") for s in entry.get("layers", {}).values()}
-    if ratio < t.vanishing:
+    return [
+        Finding(
+            "update_low",
+            f"the last step's updates were at most {max(last):.2g} times the size of the "
+            f"weights in every layer (update-to-weight ratio; about 1e-3 is typical): training "
+            f"crawls, try a higher learning rate than {lr:g} (--lr {lr * 10:g})",
+        )
+    ]
+
+
+def _first_step(entry: dict[str, Any], history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's first sampled step (step 1: the loss of the untrained model and its gradient
+    norm), or None when the records do not reach back to it."""
+    first = history[0] if history else entry
+    steps = first.get("steps_sampled") or []
+    if first.get("epoch") == 1 and steps and steps[0].get("step") == 1:
+        return dict(steps[0])
+    return None
+
+
+def _gradient_warnings(
+    entry: dict[str, Any], history: Sequence[dict[str, Any]], t: Thresholds
+) -> list[Finding]:
+    found = []
+    ratio = entry.get("grad_ratio")
+    # the ratio compares the first and the last layer of one network trained on one loss; a
+    # GAN's first layer (the generator's) and last (the discriminator's) answer two losses
+    if ratio is not None and ratio < t.vanishing and entry.get("likelihood", True):
+        first, last = entry["first_layer"], entry["last_layer"]
+        kinds = {s.get("activation") for s in entry.get("layers", {}).values()}
         hint = (
             "try --activation relu or leaky_relu"
             if kinds & {"sigmoid", "tanh"}
             else "try a shallower network"
         )
-        return [Finding("vanishing", f"{what} (vanishing gradients): {hint}")]
-    if ratio > t.exploding:
-        return [
+        found.append(
             Finding(
-                "exploding",
-                f"{what} (exploding gradients): clip gradients with --set train.grad_clip=10",
+                "vanishing",
+                f"the weight gradient of {first} is {ratio:.2g} times that of {last} "
+                f"(vanishing gradients): {hint}",
             )
-        ]
-    return []
+        )
+    start = _first_step(entry, history)
+    norms = [s["grad_norm"] for s in entry.get("steps_sampled", []) if _finite(s.get("grad_norm"))]
+    if start and norms and start.get("grad_norm", 0) > 0:
+        growth = max(norms) / start["grad_norm"]
+        if growth > t.exploding:
+            found.append(
+                Finding(
+                    "exploding",
+                    f"the gradient norm reached {max(norms):.3g} in epoch {entry['epoch']}, "
+                    f"{growth:.2g} times its {start['grad_norm']:.3g} at the first step "
+                    f"(exploding gradients): clip gradients with --set train.grad_clip="
+                    f"{_nice(_CLIP_OVER_START * start['grad_norm'])}",
+                )
+            )
+    return found
+
+
+def _nice(value: float) -> str:
+    """One significant figure: a setting to type, not a measurement."""
+    return f"{float(f'{value:.1g}'):g}"
+
+
+def _epoch_start_loss(entry: dict[str, Any], history: Sequence[dict[str, Any]]) -> float | None:
+    """The training loss where the epoch began: the previous epoch's last step, or the untrained
+    model's at the run's first step."""
+    if history:
+        before = history[-1].get("end_loss")
+        return before if _finite(before) else None
+    start = _first_step(entry, history)
+    return start["loss"] if start and _finite(start.get("loss")) else None
+
+
+def _diverged(
+    entry: dict[str, Any], history: Sequence[dict[str, Any]], t: Thresholds
+) -> tuple[float, float] | None:
+    """(the loss now, the untrained model's) when the loss is not finite or clearly above what
+    the model scored before its first step (on one batch: hence the margin `t.diverged`):
+    whatever it learned is lost. None otherwise."""
+    start = _first_step(entry, history)
+    now = entry.get("val_loss", entry.get("train_loss"))
+    if start is None or now is None or not _finite(start.get("loss")):
+        return None
+    above = now > start["loss"] + t.diverged * abs(start["loss"])
+    return (now, start["loss"]) if not _finite(now) or above else None
 
 
 def _loss_warnings(
@@ -123,7 +217,16 @@ def _loss_warnings(
         return found
     train_loss = entry.get("train_loss")
     end = entry.get("val_loss", entry.get("end_loss"))
-    if train_loss is not None and end is not None and end > 0 and train_loss > t.loss_spike * end:
+    # a loss that only fell can average far above its end (a Gaussian decoder's first steps);
+    # it blew up only if the epoch's mean is also above where the epoch began
+    start = _epoch_start_loss(entry, history)
+    if (
+        _finite(train_loss)
+        and _finite(end)
+        and end > 0
+        and train_loss > t.loss_spike * end
+        and (start is None or train_loss > start)
+    ):
         found.append(
             Finding(
                 "loss_spike",
@@ -135,11 +238,7 @@ def _loss_warnings(
         )
     if history and train_loss is not None:
         before = history[-1].get("train_loss")
-        if (
-            before is not None
-            and math.isfinite(before)
-            and train_loss > before + t.loss_rise * abs(before)
-        ):
+        if _finite(before) and train_loss > before + t.loss_rise * abs(before):
             found.append(
                 Finding(
                     "loss_rise",
@@ -148,20 +247,23 @@ def _loss_warnings(
                     f"learning rate {lr:g} may be too high, try --lr {lr / 10:g}",
                 )
             )
-    if entry.get("val_upturn"):
+    diverged = _diverged(entry, history, t)
+    if diverged is not None:
+        now, start = diverged
         found.append(
             Finding(
-                "overfitting",
-                f"validation loss rose to {entry['val_loss']:.4g}, "
-                f"{entry['val_loss'] / entry['val_best'] - 1:.1%} above its best "
-                f"({entry['val_best']:.4g} at epoch {entry['val_best_epoch']}), while training "
-                f"loss fell to {train_loss:.4g} (overfitting): stop early with "
-                "--set train.patience=3",
+                "diverged",
+                f"the loss is {now:.4g}, above the untrained model's {start:.4g} at the first "
+                f"step: training diverged and what it learned is lost; the learning rate {lr:g} "
+                f"is too high, try --lr {lr / 10:g}",
             )
         )
+        return found  # a model that lost what it learned neither memorises nor overfits
+    if entry.get("val_upturn"):
+        found.append(_overfitting(entry, history, t))
     gap = entry.get("gap_relative")
     unstable = any(f.key in ("loss_spike", "loss_rise") for f in found)
-    if gap is not None and gap > t.gap and not unstable:  # a gap from instability is not memory
+    if _finite(gap) and gap > t.gap and not unstable:  # a gap from instability is not memory
         found.append(
             Finding(
                 "gap",
@@ -173,6 +275,56 @@ def _loss_warnings(
     return found
 
 
+def _longest_wait(values: Sequence[float]) -> int:
+    """The most epochs a validation curve waited for a new best that then came."""
+    best, waited, longest = math.inf, 0, 0
+    for value in values:
+        if value < best:
+            best, longest, waited = value, max(longest, waited), 0
+        else:
+            waited += 1
+    return longest
+
+
+def _overfitting(
+    entry: dict[str, Any], history: Sequence[dict[str, Any]], t: Thresholds
+) -> Finding:
+    """The advice's patience is longer than any wait this run's validation loss has already come
+    back from: a shorter one would have stopped it before a later best."""
+    curve = [h["val_loss"] for h in history if _finite(h.get("val_loss"))]
+    patience = max(t.upturn_epochs, _longest_wait(curve) + 1)
+    since = entry["epoch"] - entry["val_best_epoch"]
+    return Finding(
+        "overfitting",
+        f"validation loss has stayed above its best ({entry['val_best']:.4g} at epoch "
+        f"{entry['val_best_epoch']}) for {since} epochs and is now {entry['val_loss']:.4g}, "
+        f"{entry['val_loss'] / entry['val_best'] - 1:.1%} above it, while training loss fell to "
+        f"{entry['train_loss']:.4g} (overfitting): stop early with --set train.patience="
+        f"{patience}, or train on more images",
+    )
+
+
+def _code_warnings(entry: dict[str, Any], t: Thresholds) -> list[Finding]:
+    """Posterior collapse: (almost) no latent unit's posterior mean varies across images, so the
+    decoder ignores the code. Counted as `evaluate` counts active units (measure.py)."""
+    if (entry.get("step") or 0) < t.collapse_steps:
+        return []  # a VAE's code is often inactive for its first tens of steps, then wakes up
+    for stats in entry.get("layers", {}).values():
+        active, dims = stats.get("active_units"), stats.get("latent_dim")
+        if active is None or not dims or active / dims > t.collapse:
+            continue
+        return [
+            Finding(
+                "posterior_collapse",
+                f"only {active} of {dims} latent units are active (Cov_x E_q[z] > "
+                f"{ACTIVE_UNIT_THRESHOLD:g} on {entry.get('val_images', 0)} validation images): "
+                "posterior collapse, the decoder ignores the code; lower model.beta or warm the "
+                "KL term up with --set model.kl_warmup_epochs=10",
+            )
+        ]
+    return []
+
+
 def detect(
     entry: dict[str, Any],
     history: Sequence[dict[str, Any]],
@@ -180,14 +332,21 @@ def detect(
     thresholds: Thresholds | None = None,
     base_lr: float | None = None,
 ) -> list[Finding]:
-    """Every condition true for the diagnostics record `entry`, given the earlier records.
-    `base_lr` is the configured learning rate; `lr` the one the epoch used (after a schedule)."""
+    """Every condition true for the diagnostics record `entry`, given the earlier records (with
+    their "active" keys). `base_lr` is the configured learning rate; `lr` the one the epoch used
+    (after a schedule)."""
     t = thresholds or Thresholds()
-    return [
-        *_layer_warnings(entry, lr, t, base_lr),
-        *_gradient_warnings(entry, t),
+    found = [
+        *_layer_warnings(entry, lr, t),
+        *_gradient_warnings(entry, history, t),
         *_loss_warnings(entry, history, lr, t),
     ]
+    found += _crawl_warning(entry, history, found, lr, t, base_lr)
+    # an encoder that gets no useful gradient (a rate far off, vanishing gradients) learns no
+    # code either; the collapse advice (the KL weight) is for a model that trains otherwise well
+    if not {f.key for f in found} & set(UPSTREAM_OF_COLLAPSE):
+        found += _code_warnings(entry, t)
+    return found
 
 
 def _loss_entry(
@@ -196,7 +355,11 @@ def _loss_entry(
     """Train/validation numbers of an epoch record, with the gap and the upturn flag. The
     training loss excludes the L1/L2 penalties (validation has none). Only for models whose loss
     is a likelihood bound (it has a "reconstruction" term): a GAN's two losses pull against each
-    other, so their sum rising or a gap says nothing about overfitting."""
+    other, so their sum rising or a gap says nothing about overfitting.
+
+    The upturn: validation loss above its best by more than `t.upturn` in each of the last
+    `t.upturn_epochs` epochs (so the best is older than them), while training loss is below its
+    value at the best epoch. One epoch above the best is noise on a small validation set."""
     train = record["train"]
     out: dict[str, Any] = {
         "train_loss": train["total"] - train.get("l1", 0.0) - train.get("l2", 0.0),
@@ -208,12 +371,50 @@ def _loss_entry(
     out["val_loss"] = val
     out["gap"] = val - train_loss
     out["gap_relative"] = (val - train_loss) / abs(train_loss) if train_loss else None
-    earlier = [h for h in history if h.get("val_loss") is not None]
+    earlier = [h for h in history if _finite(h.get("val_loss"))]
     if earlier:
         best = min(earlier, key=lambda h: h["val_loss"])
         out["val_best"], out["val_best_epoch"] = best["val_loss"], best["epoch"]
+        recent = [h["val_loss"] for h in earlier[len(earlier) - (t.upturn_epochs - 1) :]]
         out["val_upturn"] = bool(
-            val > best["val_loss"] + t.upturn * abs(best["val_loss"])
+            len(earlier) >= t.upturn_epochs
+            and min([*recent, val]) > best["val_loss"] + t.upturn * abs(best["val_loss"])
             and train_loss < best["train_loss"]
         )
     return out
+
+
+_LOSS_KEYS = (
+    "train_loss",
+    "likelihood",
+    "val_loss",
+    "gap",
+    "gap_relative",
+    "val_best",
+    "val_best_epoch",
+    "val_upturn",
+)
+
+
+def replay(
+    metrics: Sequence[dict[str, Any]],
+    diagnostics: Sequence[dict[str, Any]],
+    base_lr: float,
+    thresholds: Thresholds | None = None,
+) -> list[list[Finding]]:
+    """The findings of every epoch of a finished run under `thresholds`, from its records
+    (metrics.jsonl's epoch records and diagnostics.jsonl), as the `Diagnostics` callback would
+    have found them while it trained: what `bench/diagnostics_accuracy.py` scores thresholds with,
+    without training again."""
+    t = thresholds or Thresholds()
+    by_epoch = {m["epoch"]: m for m in metrics if m.get("kind", "epoch") == "epoch"}
+    history: list[dict[str, Any]] = []
+    found_per_epoch = []
+    for record in diagnostics:
+        entry = {k: v for k, v in record.items() if k not in _LOSS_KEYS}
+        entry.update(_loss_entry(by_epoch[record["epoch"]], history, t))
+        found = detect(entry, history, float(by_epoch[record["epoch"]]["lr"]), t, base_lr)
+        entry["active"] = sorted(f.key for f in found)
+        history.append(entry)
+        found_per_epoch.append(found)
+    return found_per_epoch

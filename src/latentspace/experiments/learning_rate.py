@@ -23,6 +23,24 @@ RATES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 MARGIN = 0.05  # "worse" means a final validation loss more than 5% above the best
 
 
+def divergence(trial: Trial) -> str:
+    """Why the trial diverged, or "" when it did not: its loss became NaN or infinite (the
+    trainer stopped it), or at its last epoch its loss was above the untrained model's (the
+    diagnostics' "diverged" finding: whatever it learned is lost, though the number is finite).
+    The one definition behind the table, the sweep plot and the checks."""
+    if trial.diverged:
+        return "loss became NaN or infinite"
+    last = trial.diagnostics[-1] if trial.diagnostics else {}
+    if "diverged" in last.get("active", []):
+        return "loss above the untrained model's"
+    return ""
+
+
+def final_losses(trials: dict[float, Trial]) -> dict[float, float]:
+    """Learning rate -> validation loss after the last epoch; inf for a trial that diverged."""
+    return {r: math.inf if divergence(t) else t.final_val() for r, t in trials.items()}
+
+
 def checks_for(finals: dict[float, float], firsts: dict[float, float]) -> list[Check]:
     """finals / firsts: learning rate -> validation loss after the last / first epoch (inf when
     the run diverged). Pure, so the verdict can be tested on synthetic numbers."""
@@ -62,7 +80,7 @@ def run(ctx: Context) -> tuple[list[Check], list[tuple[str, str]]]:
     for rate in RATES:
         config = base_config(ctx, n_train, 1000, epochs, train__lr=rate)
         trials[rate] = run_trial(ctx, "learning-rate", f"lr-{rate:g}", config)
-    finals = {r: t.final_val() for r, t in trials.items()}
+    finals = final_losses(trials)
     firsts = {r: (t.val()[0] if t.val() else math.inf) for r, t in trials.items()}
     checks = checks_for(finals, firsts)
     out = ctx.out / "learning-rate"
@@ -74,7 +92,8 @@ def run(ctx: Context) -> tuple[list[Check], list[tuple[str, str]]]:
     )
     sweep = line_plot(
         out / "sweep.png",
-        {"final validation loss": [min(finals[r], 1e4) for r in RATES]},
+        # diverged (by `divergence`, as in the table) is drawn at 1e4, everything else as measured
+        {"final validation loss": [finals[r] if math.isfinite(finals[r]) else 1e4 for r in RATES]},
         x=list(RATES),
         logx=True,
         logy=True,
@@ -84,12 +103,13 @@ def run(ctx: Context) -> tuple[list[Check], list[tuple[str, str]]]:
     rows: list[list[Any]] = []
     for r, t in trials.items():
         warnings = [w for d in t.diagnostics for w in d.get("warnings", [])]
+        why = divergence(t)
         rows.append(
             [
                 f"{r:g}",
                 fmt(firsts[r]),
-                fmt(finals[r]),
-                t.diverged.split(":")[0] if t.diverged else "no",
+                fmt(t.val()[-1]) if t.val() else "-",  # as measured, even when it diverged
+                f"yes: {why}" if why else "no",
                 len(warnings),
                 f"{t.seconds:.1f}",
             ]
