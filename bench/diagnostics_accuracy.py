@@ -17,7 +17,7 @@ Runs are cached in OUT/runs/NAME (records only: metrics.jsonl, diagnostics.jsonl
 the bench's own bench.json; the weights are deleted), so a rerun re-scores without retraining;
 `--rescore` never trains.
 
-    .venv/bin/python bench/diagnostics_accuracy.py [--out bench-out/diagnostics] [--rescore]
+    .venv/bin/python bench/diagnostics_accuracy.py [--out runs/diagnostics-accuracy] [--rescore]
         [--only REGEX] [--seed 0]
 """
 
@@ -668,7 +668,7 @@ def describe(thresholds: Thresholds) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("bench-out/diagnostics"))
+    parser.add_argument("--out", type=Path, default=Path("runs/diagnostics-accuracy"))
     parser.add_argument("--rescore", action="store_true", help="never train; score saved records")
     parser.add_argument("--only", default="", help="run only the cases whose name matches")
     parser.add_argument("--seed", type=int, default=0, help="the training seed and the split's")
