@@ -4,14 +4,15 @@ known fault and some healthy, scored warning by warning.
 Each case is an ordinary training run (`latentspace.train.train`, no report; tiny: a few
 thousand MNIST or Fashion-MNIST images, or a small folder of colour images; one thread) whose
 fault is known by construction: a learning rate far too high or too low, dead ReLUs, a deep
-sigmoid stack, exploding gradients, a big model on a tiny subset, posterior collapse, a GAN whose
-discriminator wins, a collapsing generator; or none (healthy: long runs, noisy validation,
-schedules, small folders, colour and conv models, GANs). Each run is also checked for showing its label by a plain measure no threshold under test
-decides (`label_check`). Every warning is mapped to the cause it names. The suite is split in two
-halves by a seeded shuffle within each label; `Thresholds` are chosen on the first half (a
-coordinate search that first avoids warnings on healthy runs, then names the most faults right,
-then makes the fewest confusions; a shipped value stays when it scores best, otherwise the middle
-of the best range is taken) and reported on the other, next to the shipped defaults.
+sigmoid stack, exploding gradients, a big model on a tiny subset, posterior collapse, a GAN
+whose discriminator wins, a collapsing generator; or none (healthy: long runs, noisy validation,
+schedules, small folders, colour and conv models, GANs). Each run is also checked for showing
+its label by a plain measure no threshold under test decides (`label_check`). Every warning is
+mapped to the cause it names. The suite is split in two halves by a seeded shuffle within each
+label; `Thresholds` are chosen on the first half (a coordinate search that first avoids warnings
+on healthy runs, then names the most faults right, then makes the fewest confusions; a shipped
+value stays when it scores best, otherwise the middle of the best range is taken) and reported
+on the other, next to the shipped defaults.
 
 Runs are cached in OUT/runs/NAME (records only: metrics.jsonl, diagnostics.jsonl, config.json and
 the bench's own bench.json; the weights are deleted), so a rerun re-scores without retraining;
