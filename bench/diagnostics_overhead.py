@@ -40,7 +40,7 @@ def main() -> None:
             for on in (False, True):
                 out = Path(tmp) / f"{'on' if on else 'off'}-{repeat}"
                 start = time.perf_counter()
-                ls.train(config, out, quiet=True, diagnostics=on)
+                ls.train(config, out, quiet=True, diagnostics=on, report=False)
                 times[on].append(time.perf_counter() - start)
                 if on:
                     own.append(sum(r["seconds"] for r in read_diagnostics(out)))

@@ -48,7 +48,7 @@ def trained_run(work: Path, epochs: int) -> Path:
         device="cpu",
     )
     start = time.perf_counter()
-    ls.train(config, out, quiet=True, diagnostics=False)
+    ls.train(config, out, quiet=True, diagnostics=False, report=False)
     print(f"trained {out} ({epochs} epoch(s), {time.perf_counter() - start:.0f} s)")
     return out
 

@@ -164,7 +164,7 @@ def main() -> None:
         args.out / "epochs.jsonl",
         args.from_epoch,
     )
-    ls.train(config, args.out, callbacks=[probe], quiet=True, diagnostics=False)
+    ls.train(config, args.out, callbacks=[probe], quiet=True, diagnostics=False, report=False)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def train_timed(config: ls.Config, out: Path, minutes: float) -> tuple[ls.Run, d
             times = {"cpu_seconds": wall, "wall_seconds": wall}
         return run, {**times, "epochs": len(epochs)}
     start, wall = time.process_time(), time.perf_counter()
-    run = ls.train(config, out, callbacks=[TimeBudget(minutes * 60)])
+    run = ls.train(config, out, callbacks=[TimeBudget(minutes * 60)], report=False)
     times = {"cpu_seconds": time.process_time() - start, "wall_seconds": time.perf_counter() - wall}
     timing.write_text(json.dumps(times) + "\n")
     epochs = [r for r in run.metrics if r.get("kind") == "epoch"]

@@ -59,7 +59,7 @@ def main() -> None:
     )
     probe = TestELBO()
     with tempfile.TemporaryDirectory() as tmp:
-        run = ls.train(config, Path(tmp) / "run", quiet=True, callbacks=[probe])
+        run = ls.train(config, Path(tmp) / "run", quiet=True, callbacks=[probe], report=False)
         seconds = sum(r["seconds"] for r in run.metrics)
     best = min(probe.curve)
     print(

@@ -37,7 +37,7 @@ def epoch(threads: int, model: str) -> float:
             device="cpu",
         )
     with tempfile.TemporaryDirectory() as tmp:
-        run = ls.train(config, Path(tmp) / "r", quiet=True, diagnostics=False)
+        run = ls.train(config, Path(tmp) / "r", quiet=True, diagnostics=False, report=False)
         return float(run.metrics[-1]["samples_per_s"])
 
 

@@ -90,7 +90,7 @@ def latentspace_epoch(threads: int, device: str, precision: str) -> float:
         precision=precision,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        run = ls.train(config, Path(tmp) / "run", quiet=True)
+        run = ls.train(config, Path(tmp) / "run", quiet=True, report=False)
         return float(run.metrics[-1]["samples_per_s"])
 
 

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         epoch_times = []
         for i in range(2):
             start = time.perf_counter()
-            ls.train(base, Path(tmp) / f"plain{i}", quiet=True)
+            ls.train(base, Path(tmp) / f"plain{i}", quiet=True, report=False)
             epoch_times.append(time.perf_counter() - start)
     epoch = statistics.median(epoch_times)
     print(f"one-epoch MNIST trial (default VAE, plain train()): {epoch:.2f} s (median of 2)")

@@ -161,7 +161,7 @@ def test_patience_on_a_family_without_a_monitored_term_is_a_one_line_error(
     name = _family_without_monitor()
     config = ls.apply_overrides(tiny_config, [f"model.name={name}", "train.patience=2"])
     with pytest.raises(ConfigError, match="no validation loss to stop early on"):
-        ls.train(config, tmp_path / "direct", quiet=True)
+        ls.train(config, tmp_path / "direct", quiet=True, report=False)
     args = ["train", "--dataset", tiny_config.data.dataset, "--model", name]
     assert main([*args, "--out", str(tmp_path / "cli"), "--set", "train.patience=2"]) == 1
     error = capsys.readouterr().err.strip()
@@ -180,7 +180,7 @@ def test_early_stopping_watches_the_term_the_family_declares(
             tiny_config,
             [f"model.name={name}", "train.epochs=5", "train.patience=1", "train.min_delta=1e9"],
         )
-        run = ls.train(config, tmp_path / name, quiet=True, diagnostics=False)
+        run = ls.train(config, tmp_path / name, quiet=True, diagnostics=False, report=False)
         epochs = [r for r in run.metrics if r.get("kind") == "epoch"]
         assert len(epochs) == 2, name
         assert cls.monitor in epochs[0]["val"]

@@ -286,3 +286,15 @@ def test_optuna_dashboard_serves_a_study_journal(tmp_path: Path) -> None:
             server.wait(timeout=10)
         if server.stderr is not None:
             server.stderr.close()
+
+
+def test_train_log_flag_writes_the_dashboards(tmp_path: Path, tiny_npz: Path) -> None:
+    """`latentspace train --log tensorboard --log mlflow` attaches both loggers."""
+    from latentspace.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--dataset", str(tiny_npz), "--out", str(out), "--epochs", "1"]
+    args += ["--hidden", "16", "--latent-dim", "2", "--no-report", "--quiet"]
+    assert main([*args, "--log", "tensorboard", "--log", "mlflow"]) == 0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert (out / "mlflow.db").exists() and (out / "mlflow-run-id").read_text().strip()

@@ -49,7 +49,7 @@ def _warnings(run: Path) -> list[str]:
 
 def test_healthy_run_is_silent_and_records_every_epoch(tmp_path: Path, tiny_config: Config) -> None:
     run = tmp_path / "run"
-    ls.train(tiny_config, run, quiet=True)
+    ls.train(tiny_config, run, quiet=True, report=False)
     records = read_diagnostics(run)
     assert [r["epoch"] for r in records] == [1, 2]
     layers = records[-1]["layers"]
@@ -75,7 +75,7 @@ def test_all_dead_relus_fire(tmp_path: Path, tiny_config: Config) -> None:
 
     config = apply_overrides(tiny_config, ["train.lr=1e-6"])
     run = tmp_path / "run"
-    ls.train(config, run, quiet=True, callbacks=[_Tamper(kill)])
+    ls.train(config, run, quiet=True, callbacks=[_Tamper(kill)], report=False)
     assert read_diagnostics(run)[0]["layers"]["encoder layer 1"]["dead_fraction"] == 1.0
     assert "dead_relu:encoder layer 1" in _keys(run)
     text = _warnings(run)[0]
@@ -101,7 +101,7 @@ def test_saturated_sigmoid_stack_fires_saturation_and_vanishing(
         ["model.activation=sigmoid", "model.hidden_sizes=32,32,32,32", "train.lr=1e-6"],
     )
     run = tmp_path / "run"
-    ls.train(config, run, quiet=True, callbacks=[_Tamper(saturate)])
+    ls.train(config, run, quiet=True, callbacks=[_Tamper(saturate)], report=False)
     keys = _keys(run)
     assert any(k.startswith("saturated:") for k in keys)
     assert "vanishing" in keys
@@ -115,14 +115,14 @@ def test_saturated_sigmoid_stack_fires_saturation_and_vanishing(
 def test_healthy_sigmoid_stack_is_not_saturated(tmp_path: Path, tiny_config: Config) -> None:
     config = apply_overrides(tiny_config, ["model.activation=sigmoid", "model.hidden_sizes=32"])
     run = tmp_path / "run"
-    ls.train(config, run, quiet=True)
+    ls.train(config, run, quiet=True, report=False)
     assert not any(k.startswith("saturated:") for k in _keys(run))
 
 
 def test_divergent_learning_rate_fires(tmp_path: Path, tiny_config: Config) -> None:
     config = apply_overrides(tiny_config, ["train.lr=0.1"])
     run = tmp_path / "run"
-    ls.train(config, run, quiet=True)
+    ls.train(config, run, quiet=True, report=False)
     first = read_diagnostics(run)[0]
     assert "update_high" in first["active"]
     assert any("learning rate 0.1 is probably too high" in w for w in first["warnings"])
@@ -154,7 +154,7 @@ def test_overfit_on_64_samples_fires_and_early_epochs_are_silent(
         device="cpu",
     )
     run = tmp_path / "run"
-    ls.train(config, run, quiet=True)
+    ls.train(config, run, quiet=True, report=False)
     records = read_diagnostics(run)
     fired = [r["epoch"] for r in records if "overfitting" in r["active"]]
     assert fired, "validation loss never turned upward"
@@ -198,17 +198,18 @@ def test_diagnostics_change_no_result_and_resume_equals_uninterrupted(
 ) -> None:
     config = apply_overrides(tiny_config, ["train.epochs=3"])
     plain = tmp_path / "plain"
-    ls.train(config, plain, quiet=True, diagnostics=False)
+    ls.train(config, plain, quiet=True, diagnostics=False, report=False)
     assert not (plain / DIAGNOSTICS).exists()
     full = tmp_path / "full"
-    ls.train(config, full, quiet=True)
+    ls.train(config, full, quiet=True, report=False)
     part = tmp_path / "part"
     ls.train(
         dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1)),
         part,
         quiet=True,
+        report=False,
     )
-    ls.train(config, part, resume=True, quiet=True)
+    ls.train(config, part, resume=True, quiet=True, report=False)
     weights = [
         safetensors.torch.load_file(str(p / "model.safetensors")) for p in (plain, full, part)
     ]
@@ -278,7 +279,7 @@ def test_every_model_family_is_measured(name: str, tmp_path: Path, tiny_npz: Pat
     )
     config = apply_overrides(config, ["model.hidden_sizes=32"])
     run = tmp_path / "run"
-    ls.train(config, run, quiet=True)
+    ls.train(config, run, quiet=True, report=False)
     (record,) = read_diagnostics(run)
     assert len(record["layers"]) >= 2
     assert all(s["grad_norm"] is not None for s in record["layers"].values())

@@ -144,7 +144,7 @@ def test_binarized_runs_are_evaluated_on_one_seeded_binarization(
     tmp_path: Path, tiny_config: Config
 ) -> None:
     config = ls.apply_overrides(tiny_config, ["data.binarize=dynamic", "train.epochs=1"])
-    run = ls.train(config, tmp_path / "binary", quiet=True)
+    run = ls.train(config, tmp_path / "binary", quiet=True, report=False)
     first, second = evaluation_set(run, "val"), evaluation_set(run, "val")
     values = first.images.images.unique().tolist()
     assert set(values) <= {0, 255} and torch.equal(first.images.images, second.images.images)
@@ -164,7 +164,7 @@ def test_nll_of_an_autoencoder_is_a_one_line_error(
     tmp_path: Path, tiny_config: Config, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = ls.apply_overrides(tiny_config, ["model.name=ae", "train.epochs=1"])
-    ls.train(config, tmp_path / "ae", quiet=True)
+    ls.train(config, tmp_path / "ae", quiet=True, report=False)
     assert main(["evaluate", str(tmp_path / "ae"), "--split", "val", "--nll-samples", "10"]) == 1
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "defines no likelihood" in error
@@ -190,7 +190,7 @@ def test_a_slow_encoder_gets_reconstruction_metrics_on_a_named_subset(
     import latentspace.analysis.evaluate as evaluation
 
     config = ls.apply_overrides(tiny_config, ["model.name=ae", "train.epochs=1"])
-    run = ls.train(config, tmp_path / "ae", quiet=True)
+    run = ls.train(config, tmp_path / "ae", quiet=True, report=False)
     encode = run.model.encode
 
     def slow(x: torch.Tensor, **kwargs: object) -> torch.Tensor:

@@ -65,7 +65,7 @@ def train_tiny(data: Path, out: Path, family: str, latent_dim: int = 3) -> Path:
     overrides = ["data.val_fraction=0.5"]
     if family == "gan":
         overrides += ["model.inversion_steps=5", "model.inversion_restarts=1"]
-    ls.train(apply_overrides(config, overrides), out, quiet=True, diagnostics=False)
+    ls.train(apply_overrides(config, overrides), out, quiet=True, diagnostics=False, report=False)
     return out
 
 

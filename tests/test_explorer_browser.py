@@ -45,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "vae", dataset=str(data), epochs=3, batch_size=16, latent_dim=3, hidden_sizes=(32,)
     )
     config = apply_overrides(config, ["data.val_fraction=0.5", "train.device=cpu"])
-    ls.train(config, root / "run", quiet=True, diagnostics=False)
+    ls.train(config, root / "run", quiet=True, diagnostics=False, report=False)
     explorer = open_explorer(ls.open_run(root / "run"), progress=False, log=lambda line: None)
     app = create_app(explorer, allowed_hosts=list(LOCAL_HOSTS))
     sock = bind("127.0.0.1", 0)

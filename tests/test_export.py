@@ -209,7 +209,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         "vae", dataset=str(images), epochs=1, batch_size=16, latent_dim=2, hidden_sizes=(32,)
     )
     torch.set_num_threads(1)
-    ls.train(config, folder / "run", quiet=True, diagnostics=False)
+    ls.train(config, folder / "run", quiet=True, diagnostics=False, report=False)
     return folder / "run", images
 
 
@@ -265,7 +265,7 @@ def test_a_gan_run_exports_its_generator_and_says_why_not_its_encoder(
     )
     config = ls.apply_overrides(config, ["model.inversion_steps=1"])
     run = tmp_path / "gan"
-    ls.train(config, run, quiet=True, diagnostics=False)
+    ls.train(config, run, quiet=True, diagnostics=False, report=False)
     out = tmp_path / "gan-onnx"
     out.mkdir()  # an empty folder is fine
     assert main(["export", str(run), "--out", str(out)]) == 0

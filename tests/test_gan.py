@@ -225,7 +225,9 @@ def test_minibatch_std_lets_the_discriminator_see_variety(
     terms = model.training_step(torch.rand(7, 1, 12, 12), optimizers)  # 7: an incomplete group
     assert all(torch.isfinite(v) for v in terms.values())
     # a run saves and loads with the wider last layer (loading checks every tensor's shape)
-    ls.train(apply_overrides(config, ["train.epochs=1"]), tmp_path / "run", quiet=True)
+    ls.train(
+        apply_overrides(config, ["train.epochs=1"]), tmp_path / "run", quiet=True, report=False
+    )
     loaded = ls.load(tmp_path / "run")
     assert isinstance(loaded, GAN)
     assert any(isinstance(m, MinibatchStd) for m in loaded.discriminator.modules())
@@ -256,7 +258,9 @@ def test_spectral_norm_bounds_the_discriminator_weights(tiny_npz: Path, tmp_path
     assert all(s < 0.5 for s in sigmas(plain))  # DCGAN's N(0, 0.02) initialisation
     # diagnostics still watch the discriminator (its weights are parametrized)
     assert any(layer.name.startswith("discriminator") for layer in find_layers(model))
-    ls.train(apply_overrides(config, ["train.epochs=1"]), tmp_path / "run", quiet=True)
+    ls.train(
+        apply_overrides(config, ["train.epochs=1"]), tmp_path / "run", quiet=True, report=False
+    )
     loaded = ls.load(tmp_path / "run")
     x = torch.rand(4, 1, 12, 12)
     assert torch.equal(loaded.eval().score(x), ls.load(tmp_path / "run").eval().score(x))
@@ -467,7 +471,7 @@ def test_resume_with_moving_average_equals_uninterrupted(
         "train.epochs=3",
         *extra,
     )
-    ls.train(config, tmp_path / "straight", quiet=True)
+    ls.train(config, tmp_path / "straight", quiet=True, report=False)
 
     class InterruptAfterFirst:
         def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
@@ -475,8 +479,14 @@ def test_resume_with_moving_average_equals_uninterrupted(
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ls.train(config, tmp_path / "resumed", quiet=True, callbacks=[InterruptAfterFirst()])
-    ls.train(config, tmp_path / "resumed", resume=True, quiet=True)
+        ls.train(
+            config,
+            tmp_path / "resumed",
+            quiet=True,
+            callbacks=[InterruptAfterFirst()],
+            report=False,
+        )
+    ls.train(config, tmp_path / "resumed", resume=True, quiet=True, report=False)
     straight = safetensors.torch.load_file(str(tmp_path / "straight" / "model.safetensors"))
     resumed = safetensors.torch.load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert any(key.startswith("generator_ema.") for key in straight)
@@ -487,7 +497,7 @@ def test_resume_with_moving_average_equals_uninterrupted(
 
 def test_run_saved_before_the_r1_counter_loads(tiny_npz: Path, tmp_path: Path) -> None:
     config = gan_config(tiny_npz, "model.r1=1", "model.r1_every=3")
-    ls.train(config, tmp_path / "run", quiet=True)
+    ls.train(config, tmp_path / "run", quiet=True, report=False)
     weights = tmp_path / "run" / "model.safetensors"
     tensors = safetensors.torch.load_file(str(weights))
     assert int(tensors.pop("r1_updates")) > 0
@@ -518,7 +528,7 @@ def test_run_saves_loads_and_generates_identically(
         tiny_npz, "model.architecture=conv", "model.channels=4,8", f"model.ema={ema}"
     )
     capture = Capture()
-    ls.train(config, tmp_path / "run", callbacks=[capture], quiet=True)
+    ls.train(config, tmp_path / "run", callbacks=[capture], quiet=True, report=False)
     loaded = ls.load(tmp_path / "run")
     assert isinstance(loaded, GAN) and (loaded.generator_ema is not None) == (ema > 0)
     again = loaded.generate(6, generator=torch.Generator().manual_seed(5))

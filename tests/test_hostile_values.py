@@ -181,8 +181,13 @@ def test_decode_refuses_codes_of_another_run(
     tmp_path: Path, tiny_config: Config, tiny_npz: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     one, other = tmp_path / "one", tmp_path / "other"
-    ls.train(apply_overrides(tiny_config, ["train.epochs=1"]), one, quiet=True)
-    ls.train(apply_overrides(tiny_config, ["train.epochs=1", "train.seed=1"]), other, quiet=True)
+    ls.train(apply_overrides(tiny_config, ["train.epochs=1"]), one, quiet=True, report=False)
+    ls.train(
+        apply_overrides(tiny_config, ["train.epochs=1", "train.seed=1"]),
+        other,
+        quiet=True,
+        report=False,
+    )
     codes = tmp_path / "codes.npz"
     assert main(["encode", str(one), str(tiny_npz), "--out", str(codes), "--limit", "4"]) == 0
     decoded = tmp_path / "decoded.png"

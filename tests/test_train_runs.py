@@ -59,11 +59,13 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tiny_config: Config, model:
             "data.binarize=dynamic",
         ],
     )
-    ls.train(config, tmp_path / "straight", quiet=True)
+    ls.train(config, tmp_path / "straight", quiet=True, report=False)
     with pytest.raises(KeyboardInterrupt):
-        ls.train(config, tmp_path / "resumed", quiet=True, callbacks=[InterruptAfter(2)])
+        ls.train(
+            config, tmp_path / "resumed", quiet=True, callbacks=[InterruptAfter(2)], report=False
+        )
     assert ls.open_run(tmp_path / "resumed").metrics[-1]["epoch"] == 2
-    ls.train(config, tmp_path / "resumed", resume=True, quiet=True)
+    ls.train(config, tmp_path / "resumed", resume=True, quiet=True, report=False)
     straight = safetensors.torch.load_file(str(tmp_path / "straight" / "model.safetensors"))
     resumed = safetensors.torch.load_file(str(tmp_path / "resumed" / "model.safetensors"))
     for key in straight:
@@ -74,7 +76,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tiny_config: Config, model:
 
 def test_existing_run_is_not_overwritten(tiny_run: Path, tiny_config: Config) -> None:
     with pytest.raises(RunError, match="already holds a run: pass --resume"):
-        ls.train(tiny_config, tiny_run, quiet=True)
+        ls.train(tiny_config, tiny_run, quiet=True, report=False)
 
 
 def test_divergence_names_the_learning_rate_and_keeps_last_good_state(
@@ -84,7 +86,7 @@ def test_divergence_names_the_learning_rate_and_keeps_last_good_state(
         tiny_config, ["train.optimizer=sgd", "train.lr=1e6", "train.momentum=0"]
     )
     with pytest.raises(TrainingDiverged, match=r"learning rate 1e\+06 is probably too high"):
-        ls.train(config, tmp_path / "boom", quiet=True)
+        ls.train(config, tmp_path / "boom", quiet=True, report=False)
     model = ls.load(tmp_path / "boom")  # the initial or last completed epoch is still loadable
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -135,7 +137,7 @@ def test_early_stopping_ends_a_real_run(tmp_path: Path, tiny_config: Config) -> 
     config = apply_overrides(
         tiny_config, ["train.epochs=10", "train.patience=3", "train.min_delta=1e9"]
     )
-    run = ls.train(config, tmp_path / "es", quiet=True)
+    run = ls.train(config, tmp_path / "es", quiet=True, report=False)
     assert [r["epoch"] for r in run.metrics] == [1, 2, 3, 4]  # best at 1, then 3 without gain
 
 
@@ -145,13 +147,13 @@ def test_stop_training_from_a_callback(tmp_path: Path, tiny_config: Config) -> N
             raise StopTraining("enough")
 
     config = apply_overrides(tiny_config, ["train.epochs=5"])
-    run = ls.train(config, tmp_path / "s", quiet=True, callbacks=[Stop()])
+    run = ls.train(config, tmp_path / "s", quiet=True, callbacks=[Stop()], report=False)
     assert [r["epoch"] for r in run.metrics] == [1]
 
 
 def test_ae_generates_from_its_fitted_prior(tmp_path: Path, tiny_config: Config) -> None:
     config = apply_overrides(tiny_config, ["model.name=ae"])
-    run = ls.train(config, tmp_path / "ae", quiet=True)
+    run = ls.train(config, tmp_path / "ae", quiet=True, report=False)
     model = run.model
     assert not torch.equal(model.prior_scale_tril, torch.eye(2)), "the prior was fitted"
     assert model.generate(5).shape == (5, 1, 12, 12)

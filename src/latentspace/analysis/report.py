@@ -22,6 +22,7 @@ import torch
 from latentspace.analysis import latent
 from latentspace.analysis.evaluate import affordable_encodes
 from latentspace.data import ImageSet, batched, held_out, to_float
+from latentspace.diagnostics.measure import ACTIVE_UNIT_THRESHOLD
 from latentspace.errors import LatentspaceError
 from latentspace.html import escape, img_tag, table, write_page
 from latentspace.imaging import save_grid
@@ -210,12 +211,22 @@ def loss_figure(records: list[dict[str, Any]], path: Path) -> list[str]:
     return terms
 
 
-def _kl_figure(kl_per_dim: list[float], path: Path) -> None:
-    figure = _figure(7, 2.8)
-    ax = figure.add_subplot()
-    ax.bar(range(len(kl_per_dim)), kl_per_dim)
-    ax.set_xlabel("latent dimension")
-    ax.set_ylabel("KL (nats)")
+def _kl_figure(record: dict[str, Any], path: Path) -> None:
+    """Per latent dimension: the active-unit measure Cov_x E_q[z_u] (log scale, the threshold
+    dashed) above its KL in nats; active units blue, inactive ones grey."""
+    spread = record["posterior_mean_variance"]
+    threshold = record.get("active_unit_threshold", ACTIVE_UNIT_THRESHOLD)
+    colours = ["tab:blue" if v > threshold else "tab:gray" for v in spread]
+    dims = range(len(spread))
+    figure = _figure(7, 4.2)
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    top.bar(dims, [max(v, 1e-8) for v in spread], color=colours)
+    top.axhline(threshold, color="black", linestyle="--", linewidth=1)
+    top.set_yscale("log")
+    top.set_ylabel("Cov_x E_q[z]")
+    bottom.bar(dims, record["kl_per_dim"], color=colours)
+    bottom.set_ylabel("KL (nats)")
+    bottom.set_xlabel("latent dimension")
     figure.savefig(path)
 
 
@@ -422,12 +433,17 @@ def write_report(run_dir: str | Path, *, device: str = "cpu", quiet: bool = Fals
     def metrics() -> str:
         record, note = _evaluation(run, images())
         html = f'<p class="note">From {escape(note)}.</p>' + _metrics_table(record)
-        if record.get("kl_per_dim"):
-            _kl_figure(record["kl_per_dim"], folder / "kl-per-dimension.png")
+        if record.get("kl_per_dim") and record.get("posterior_mean_variance"):
+            _kl_figure(record, folder / "kl-per-dimension.png")
+            threshold = record.get("active_unit_threshold", ACTIVE_UNIT_THRESHOLD)
             html += sections.figure(
                 "kl-per-dimension.png",
-                f"KL per latent dimension; {record.get('active_units')} of "
-                f"{record.get('latent_dim')} units active",
+                f"{record.get('active_units')} of {record.get('latent_dim')} latent units are "
+                f"active: Cov_x E_q[z_u] > {threshold:g} (Burda et al. 2016), in blue above the "
+                "dashed line; inactive ones in grey (top: the spread of each unit's posterior "
+                "mean across the images, log scale; bottom: each unit's KL in nats, which an "
+                "active unit can still have small). evaluate and the training diagnostics count "
+                "the same way",
             )
         return html
 

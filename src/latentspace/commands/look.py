@@ -19,6 +19,7 @@ from latentspace.data import (
     split_reference,
     to_float,
 )
+from latentspace.diagnostics.measure import ACTIVE_UNIT_THRESHOLD
 from latentspace.errors import ConfigError, DataError
 from latentspace.imaging import save_grid
 from latentspace.runs import Run, append_metrics
@@ -262,7 +263,8 @@ def describe_evaluation(record: dict[str, Any]) -> list[str]:
         kl = [float(v) for v in r["kl_per_dim"]]
         top = sorted(range(len(kl)), key=lambda i: -kl[i])[:8]
         lines.append(
-            f"active units {r['active_units']}/{r['latent_dim']} (Cov_x E_q[z] > 0.01); "
+            f"active units {r['active_units']}/{r['latent_dim']} (Cov_x E_q[z] > "
+            f"{r.get('active_unit_threshold', ACTIVE_UNIT_THRESHOLD):g}); "
             "largest KL per dimension: " + ", ".join(f"z{i} {kl[i]:.2f}" for i in top)
         )
     if "prior_code_log_density" in r:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from latentspace import train
 from latentspace.commands._common import add_override_argument
 from latentspace.config import Config, apply_overrides, load_config
+from latentspace.dashboards import LOGGERS
 from latentspace.errors import ConfigError
 from latentspace.models import DEFAULT_MODEL, MODELS
 from latentspace.models.layers import ACTIVATIONS
@@ -106,6 +108,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-report", action="store_true", help="do not write report.html")
     parser.add_argument(
+        "--log",
+        action="append",
+        choices=LOGGERS,
+        default=[],
+        help="also log live to TensorBoard (RUN/tensorboard) or a local MLflow store "
+        "(RUN/mlflow.db); repeatable; see docs/dashboards.md",
+    )
+    parser.add_argument(
         "--no-diagnostics",
         action="store_true",
         help="do not measure gradients and activations (diagnostics.jsonl, warnings)",
@@ -146,6 +156,21 @@ def _what_was_kept(where: Path | None) -> str:
     return f"{where} keeps {kept}: continue with `latentspace train --resume {where}`"
 
 
+def _train_logged(args: argparse.Namespace, config: Config, out: Path, **options: Any) -> None:
+    """`train` with the live loggers --log asks for (imported only then), closed afterwards so
+    MLflow also gets the report and an interrupted run is marked as such."""
+    if not args.log:
+        train(config, out, **options)
+        return
+    from latentspace.dashboards import close_loggers, make_loggers
+
+    loggers = make_loggers(args.log, out)
+    try:
+        train(config, out, callbacks=loggers, **options)
+    finally:
+        close_loggers(loggers, out)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     report = not args.no_report
     if args.resume is not None:
@@ -162,7 +187,8 @@ def _run_train(args: argparse.Namespace) -> int:
         saved, _, _ = read_run_config(args.resume)
         epochs = args.epochs if args.epochs is not None else saved.train.epochs
         config = apply_overrides(saved, [f"train.epochs={epochs}"])
-        train(
+        _train_logged(
+            args,
             config,
             args.resume,
             resume=True,
@@ -174,7 +200,8 @@ def _run_train(args: argparse.Namespace) -> int:
         if args.out is None:
             raise ConfigError("say where the run goes: --out runs/NAME")
         config = config_from_args(args)
-        train(
+        _train_logged(
+            args,
             config,
             args.out,
             quiet=args.quiet,
