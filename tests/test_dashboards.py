@@ -5,6 +5,7 @@ journal file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -298,3 +299,43 @@ def test_train_log_flag_writes_the_dashboards(tmp_path: Path, tiny_npz: Path) ->
     assert main([*args, "--log", "tensorboard", "--log", "mlflow"]) == 0
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert (out / "mlflow.db").exists() and (out / "mlflow-run-id").read_text().strip()
+
+
+def test_tune_log_flag_gives_every_trial_its_dashboards(
+    tmp_path: Path, tiny_config: Config
+) -> None:
+    """`latentspace tune --log tensorboard --log mlflow`: each trial's folder has its TensorBoard
+    events, and the study's one MLflow store holds one run a trial under the study's name."""
+    pytest.importorskip("optuna")
+    from mlflow.tracking import MlflowClient
+
+    from latentspace.cli import main
+    from latentspace.tune import config_to_toml
+
+    base = tmp_path / "base.toml"
+    base.write_text(config_to_toml(tiny_config))
+    space = tmp_path / "space.toml"
+    space.write_text("[train]\nepochs = 1\nlr = { low = 1e-3, high = 1e-2, log = true }\n")
+    out = tmp_path / "study"
+    args = ["tune", "--config", str(base), "--space", str(space), "--out", str(out)]
+    assert main([*args, "--trials", "2", "--quiet", "--log", "tensorboard", "--log", "mlflow"]) == 0
+    for number in (0, 1):
+        assert list((out / "trials" / f"{number:04d}" / "tensorboard").glob("events.*"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    experiment = client.get_experiment_by_name("study")
+    assert experiment is not None
+    assert len(client.search_runs([experiment.experiment_id])) == 2
+
+
+def test_experiment_trials_log_to_the_dashboards_asked_for(
+    tmp_path: Path, tiny_config: Config
+) -> None:
+    """`latentspace experiment ... --log tensorboard`: every trial's run gets its events."""
+    from latentspace.experiments._common import Context, Speed, run_trial
+
+    ctx = Context(tmp_path, tiny_config.data.dataset, 60.0, 0, Speed(0.0, 0.0, 0.0, 0.0))
+    ctx = dataclasses.replace(ctx, dashboards=("tensorboard",))
+    trial = run_trial(ctx, "probe", "t1", tiny_config)
+    assert list((trial.path / "tensorboard").glob("events.*"))
+    plain = run_trial(dataclasses.replace(ctx, dashboards=()), "probe", "t2", tiny_config)
+    assert not (plain.path / "tensorboard").exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from latentspace.dashboards import LOGGERS
+
 __all__ = ["register"]
 
 
@@ -40,6 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=Path("experiments"), help="output folder (default: experiments)"
     )
     experiment.add_argument("--seed", type=int, default=0)
+    experiment.add_argument(
+        "--log",
+        action="append",
+        choices=LOGGERS,
+        default=[],
+        help="log every trial live: TensorBoard in its folder, MLflow in OUT/mlflow.db; "
+        "repeatable; see docs/dashboards.md",
+    )
     experiment.add_argument(
         "--quiet", action="store_true", help="no progress lines (trial n of N, time left)"
     )
@@ -77,11 +87,22 @@ def _run_experiment(args: argparse.Namespace) -> int:
     from latentspace.experiments import run_all, run_experiment
 
     if args.name == "all":
-        index = run_all(args.out, dataset=args.dataset, budget_minutes=args.budget, seed=args.seed)
+        index = run_all(
+            args.out,
+            dataset=args.dataset,
+            budget_minutes=args.budget,
+            seed=args.seed,
+            dashboards=args.log,
+        )
         print(f"index: {index}")
     else:
         result = run_experiment(
-            args.name, args.out, dataset=args.dataset, budget_minutes=args.budget, seed=args.seed
+            args.name,
+            args.out,
+            dataset=args.dataset,
+            budget_minutes=args.budget,
+            seed=args.seed,
+            dashboards=args.log,
         )
         print(f"{result.name}: {result.verdict_text}  ({result.seconds:.0f} s)  {result.page}")
     return 0

@@ -11,6 +11,7 @@ from typing import Any
 
 from latentspace.commands._common import add_override_argument
 from latentspace.config import apply_overrides, load_config
+from latentspace.dashboards import LOGGERS
 from latentspace.errors import ConfigError
 from latentspace.models import DEFAULT_MODEL
 from latentspace.runs import atomic_write
@@ -91,6 +92,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_override_argument(parser, "override a base config setting (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    parser.add_argument(
+        "--log",
+        action="append",
+        choices=LOGGERS,
+        default=[],
+        help="log every trial live: TensorBoard in its folder, MLflow in DIR/mlflow.db "
+        "(one MLflow run a trial); repeatable; see docs/dashboards.md",
+    )
     parser.set_defaults(handler=run_tune)
 
     report = subparsers.add_parser(
@@ -186,6 +195,7 @@ def run_tune(args: argparse.Namespace) -> int:
         threads=args.threads,
         heartbeat_s=args.heartbeat,
         quiet=args.quiet,
+        log=tuple(args.log),
     )
     previous = args.out / OPTIONS_FILE
     if previous.exists():

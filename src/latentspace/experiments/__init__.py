@@ -14,6 +14,7 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from latentspace import html
@@ -112,15 +113,18 @@ def run_experiment(
     budget_minutes: float | None = None,
     seed: int = 0,
     speed: Speed | None = None,
+    dashboards: Sequence[str] = (),
 ) -> Result:
-    """Run one experiment into OUT/NAME (index.html, PNGs, trials/)."""
+    """Run one experiment into OUT/NAME (index.html, PNGs, trials/); `dashboards` names live
+    loggers for every trial (latentspace.dashboards.LOGGERS)."""
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
     _check_dataset(dataset)
     out = Path(out)
     speed = speed or measure_speed(out, dataset, seed)
     budget = 60 * (budget_minutes if budget_minutes is not None else DEFAULT_MINUTES)
-    return _run(EXPERIMENTS[name], Context(out, dataset, budget, seed, speed))
+    ctx = Context(out, dataset, budget, seed, speed, dashboards=tuple(dashboards))
+    return _run(EXPERIMENTS[name], ctx)
 
 
 def run_all(
@@ -130,6 +134,7 @@ def run_all(
     budget_minutes: float | None = None,
     seed: int = 0,
     log: bool = True,
+    dashboards: Sequence[str] = (),
 ) -> Path:
     """Every experiment within `budget_minutes` in all; writes OUT/index.html (and the verdicts
     as OUT/results.json) and returns the page's path."""
@@ -146,7 +151,8 @@ def run_all(
         experiment = pending.pop(0)
         left = total - (time.perf_counter() - start)
         share = experiment.weight / (experiment.weight + sum(e.weight for e in pending))
-        ctx = Context(out, dataset, max(10.0, left * share), seed, speed)
+        budget = max(10.0, left * share)
+        ctx = Context(out, dataset, budget, seed, speed, dashboards=tuple(dashboards))
         result = _run(experiment, ctx)
         results.append(result)
         if log:

@@ -103,6 +103,7 @@ class Context:
     planned: list[float] = dataclasses.field(default_factory=list)
     measured: list[float] = dataclasses.field(default_factory=list)
     progress: Progress | None = None
+    dashboards: tuple[str, ...] = ()  # live loggers for every trial (latentspace.dashboards)
 
     @property
     def samples_per_s(self) -> float:
@@ -259,6 +260,16 @@ def base_config(ctx: Context, n_train: int, n_val: int, epochs: int, **changes: 
     return apply_overrides(config, overrides)
 
 
+def _trial_loggers(ctx: Context, experiment: str, path: Path) -> list[object]:
+    """--log for a trial: TensorBoard in its folder, MLflow in OUT/mlflow.db (experiment name)."""
+    if not ctx.dashboards:
+        return []
+    from latentspace.dashboards import make_loggers
+
+    uri = f"sqlite:///{(ctx.out / 'mlflow.db').resolve()}"
+    return make_loggers(ctx.dashboards, path, tracking_uri=uri, experiment=experiment)
+
+
 def run_trial(ctx: Context, experiment: str, name: str, config: Config) -> Trial:
     """Train `config` as a normal run in OUT/experiment/trials/name (replacing an older one)."""
     import latentspace as ls
@@ -269,10 +280,17 @@ def run_trial(ctx: Context, experiment: str, name: str, config: Config) -> Trial
     ctx.trial_starts(experiment, name)
     start = time.perf_counter()
     diverged = ""
+    loggers = _trial_loggers(ctx, experiment, path)
     try:
-        ls.train(config, path, quiet=True, report=False)  # the experiment's page shows the trials
+        # the experiment's page shows the trials: no report per trial
+        ls.train(config, path, quiet=True, report=False, callbacks=loggers)
     except TrainingDiverged as error:
         diverged = str(error)
+    finally:
+        if loggers:
+            from latentspace.dashboards import close_loggers
+
+            close_loggers(loggers, path)
     seconds = time.perf_counter() - start
     ctx.trial_ends(seconds)
     return Trial(

@@ -97,6 +97,11 @@ class TuneOptions:
     threads: int = 1
     heartbeat_s: int = 30  # database storages: heartbeat interval; a trial is stale after 3x
     quiet: bool = False
+    log: tuple[str, ...] = ()  # live dashboards per trial (latentspace.dashboards.LOGGERS)
+
+    def mlflow_uri(self) -> str:
+        """One local MLflow store for the whole study: DIR/mlflow.db, one MLflow run a trial."""
+        return f"sqlite:///{(Path(self.out) / 'mlflow.db').resolve()}"
 
     def base_config(self) -> Config:
         return config_from_dict(self.base, "base config")

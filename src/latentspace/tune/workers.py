@@ -167,6 +167,11 @@ class _Objective:
         trial.set_user_attr("pid_start", _process_start(pid))
         trial.set_user_attr("run_dir", str(self.run_dir(trial)))
 
+    def _loggers(self, trial: Any) -> list[object]:
+        """The live dashboards --log asks for, for this trial's run (TensorBoard in the trial's
+        folder; MLflow in the study's one store, experiment = the study's name)."""
+        return _study_loggers(self.options, self.run_dir(trial))
+
     def run_dir(self, trial: Any) -> Path:
         return Path(self.options.out) / "trials" / f"{trial.number:04d}"
 
@@ -181,7 +186,15 @@ class _Objective:
             config = apply_overrides(
                 self.base, [*overrides, f"train.threads={self.options.threads}"]
             )
-            train(config, self.run_dir(trial), callbacks=[callback], quiet=True)
+            loggers = self._loggers(trial)
+            try:
+                # the loggers come first, so a pruned trial's last epoch is logged too
+                train(config, self.run_dir(trial), callbacks=[*loggers, callback], quiet=True)
+            finally:
+                if loggers:
+                    from latentspace.dashboards import close_loggers
+
+                    close_loggers(loggers, self.run_dir(trial))
         finally:
             trial.set_user_attr("epochs", callback.epochs)
             trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
@@ -190,6 +203,16 @@ class _Objective:
             trial.set_user_attr(self.options.objective, value)
             return value
         return callback.value
+
+
+def _study_loggers(options: TuneOptions, run_dir: Path) -> list[object]:
+    if not options.log:
+        return []
+    from latentspace.dashboards import make_loggers
+
+    return make_loggers(
+        options.log, run_dir, tracking_uri=options.mlflow_uri(), experiment=options.study
+    )
 
 
 def final_objective(run_dir: Path, objective: str) -> float:
@@ -332,6 +355,10 @@ def run_study(options: TuneOptions) -> Any:
     if options.workers < 1 or options.trials < 1:
         raise ConfigError("--workers and --trials must be at least 1")
     check_objective(options.objective, base)
+    if "mlflow" in options.log:  # made once, so workers do not race to create its tables
+        from latentspace.dashboards import prepare_mlflow_store
+
+        prepare_mlflow_store(options.mlflow_uri(), options.study)
     if base.data.val_fraction <= 0:
         raise ConfigError("tuning needs validation images: set data.val_fraction > 0")
     if options.objective == "fid":
