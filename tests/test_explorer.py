@@ -182,10 +182,15 @@ def test_a_two_dimensional_latent_space_is_its_own_map(tmp_path: Path, data: Pat
     assert torch.equal(explorer.code_at(0.5, -1.5), torch.tensor([0.5, -1.5]))
 
 
-def test_a_tsne_click_weights_the_codes_of_the_nearest_points(trained: dict[str, Path]) -> None:
-    pytest.importorskip("sklearn")
-    explorer = quiet_explorer(trained["ae"], method="tsne")
+@pytest.mark.parametrize("method", ["tsne", "umap"])
+def test_a_nonlinear_map_click_weights_the_codes_of_the_nearest_points(
+    trained: dict[str, Path], method: str
+) -> None:
+    pytest.importorskip("sklearn" if method == "tsne" else "umap")
+    explorer = quiet_explorer(trained["ae"], method=method)
+    assert explorer.points.shape == (len(explorer.codes), 2)
     assert explorer.plane is None and "nearest" in explorer.click()
+    assert explorer.axes[0].startswith({"tsne": "t-SNE", "umap": "UMAP"}[method])
     # on a point: that point's own code; between points: inside the box of the codes
     assert torch.equal(explorer.code_at(*explorer.points[3].tolist()), explorer.codes[3])
     middle = explorer.points[:2].mean(0)
@@ -193,7 +198,7 @@ def test_a_tsne_click_weights_the_codes_of_the_nearest_points(trained: dict[str,
     assert bool((code >= explorer.codes.min(0).values - 1e-6).all())
     assert bool((code <= explorer.codes.max(0).values + 1e-6).all())
     with TestClient(create_app(explorer)) as http:
-        assert http.get("/api/info").json()["method"] == "tsne"
+        assert http.get("/api/info").json()["method"] == method
         assert http.post("/api/point", json={"x": 0.0, "y": 0.0}).status_code == 200
 
 

@@ -13,11 +13,14 @@ model with `encode`/`decode`/`sample_latent`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 
 __all__ = [
+    "MAP_METHODS",
+    "embed",
     "interpolate",
     "lerp",
     "nearest_neighbours",
@@ -26,7 +29,13 @@ __all__ = [
     "slerp",
     "traversal_grid",
     "tsne",
+    "umap",
 ]
+
+# the 2-D views of codes a map offers: PCA (a linear projection with an exact inverse), and the
+# nonlinear t-SNE (scikit-learn) and UMAP (umap-learn), which keep neighbourhoods
+MAP_METHODS = ("pca", "tsne", "umap")
+_NONLINEAR_AXES = {"tsne": ("t-SNE 1", "t-SNE 2"), "umap": ("UMAP 1", "UMAP 2")}
 
 
 def _weights(steps: int, like: torch.Tensor) -> torch.Tensor:
@@ -137,3 +146,29 @@ def tsne(codes: torch.Tensor, seed: int = 0, perplexity: float = 30.0) -> torch.
         n_components=2, perplexity=perplexity, init="pca", random_state=seed
     ).fit_transform(codes.detach().double().cpu().numpy())
     return torch.from_numpy(embedding).float()
+
+
+def umap(codes: torch.Tensor, seed: int = 0, neighbours: int = 15) -> torch.Tensor:
+    """A 2-D UMAP embedding (McInnes et al. 2018) of codes (N, D) -> (N, 2), from umap-learn
+    (imported here; its first call in a process compiles numba code, about 15 s on 2 cores)."""
+    try:
+        import umap as umap_learn
+    except ImportError:
+        from latentspace.errors import ConfigError
+
+        raise ConfigError("UMAP needs umap-learn: pip install 'latentspace[explore]'") from None
+    with warnings.catch_warnings():
+        # a seeded UMAP runs on one thread and says so: seeded maps are what we want
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        embedding = umap_learn.UMAP(
+            n_components=2,
+            n_neighbors=min(neighbours, max(2, len(codes) - 1)),
+            random_state=seed,
+        ).fit_transform(codes.detach().double().cpu().numpy())
+    return torch.from_numpy(embedding).float()
+
+
+def embed(codes: torch.Tensor, method: str, seed: int = 0) -> tuple[torch.Tensor, tuple[str, str]]:
+    """A nonlinear 2-D view of codes (N, D): (points (N, 2), axis names); method tsne or umap."""
+    points = tsne(codes, seed=seed) if method == "tsne" else umap(codes, seed=seed)
+    return points, _NONLINEAR_AXES[method]

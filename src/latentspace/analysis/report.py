@@ -119,12 +119,14 @@ def latent_map(
     else:
         projected, directions, mean = latent.pca(codes)
         axes, plane_text = ("PC1", "PC2"), "the plane of the codes' first two principal directions"
-    if method == "tsne":
-        shown, axes = latent.tsne(codes, seed=seed), ("t-SNE 1", "t-SNE 2")
+    if method != "pca":
+        shown, axes = latent.embed(codes, method, seed=seed)
     else:
         shown = projected
     labels = images.labels.tolist() if images.labels is not None else None
-    what = "PCA" if method == "pca" and dim != 2 else ("latent" if method == "pca" else "t-SNE")
+    what = (
+        "PCA" if method == "pca" and dim != 2 else ("latent" if method == "pca" else axes[0][:-2])
+    )
     title = f"{len(codes)} codes of {images.source} ({what} view)" + (
         ", coloured by label" if labels is not None else ""
     )

@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=MAX_POINTS,
         help=f"held-out images on the map (default and most: {MAX_POINTS})",
     )
-    p.add_argument("--method", choices=METHODS, default=METHODS[0], help="map: pca or tsne")
-    p.add_argument("--seed", type=int, default=0, help="t-SNE seed")
+    p.add_argument("--method", choices=METHODS, default=METHODS[0], help="map: pca, tsne or umap")
+    p.add_argument("--seed", type=int, default=0, help="t-SNE / UMAP seed")
     p.add_argument(
         "--browser",
         action=argparse.BooleanOptionalAction,

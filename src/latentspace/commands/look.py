@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("map", help="2-D map of codes coloured by label, and a decoded plane")
     p.add_argument("run", type=Path)
     p.add_argument("--dataset", help="NAME[:split], folder or array (default: the run's, test)")
-    p.add_argument("--method", choices=["pca", "tsne"], default="pca")
+    p.add_argument("--method", choices=latent.MAP_METHODS, default="pca")
     p.add_argument("--limit", type=int, default=2000, help="images to encode (default 2000)")
     p.add_argument("--grid", type=int, default=15, help="decoded plane: N x N images")
     p.add_argument("--seed", type=int, default=0, help="t-SNE seed")

@@ -34,7 +34,6 @@ _SLOW_BATCH = 64  # images per inversion batch: the progress bar moves, memory s
 _SAVE_EVERY_S = 60.0  # partial codes are saved this often while a slow encoder runs
 
 
-
 def _key(run: Run, images: torch.Tensor) -> dict[str, str]:
     """What the cached codes belong to: these weights, this config (inversion settings) and
     these images, in this order."""

@@ -25,7 +25,7 @@ from latentspace.runs import Run
 __all__ = ["MAX_POINTS", "METHODS", "NEIGHBOURS", "SPREAD", "Explorer", "open_explorer", "png"]
 
 MAX_POINTS = 10_000
-METHODS = ("pca", "tsne")
+METHODS = latent.MAP_METHODS
 NEIGHBOURS = 8  # a click on a t-SNE map: the codes of this many nearest points, weighted
 SPREAD = 3.0  # sliders reach the prior mean +- this many prior standard deviations
 
@@ -76,7 +76,8 @@ class Explorer:
                 "the plane of the map, at the clicked point"
             )
         return (
-            f"t-SNE has no inverse: the codes of the {NEIGHBOURS} nearest map points, weighted "
+            f"{self.axes[0][:-2]} has no inverse: the codes of the {NEIGHBOURS} nearest map "
+            "points, weighted "
             "by inverse squared distance on the map"
         )
 
@@ -157,8 +158,9 @@ def _project(
     codes: torch.Tensor, method: str, seed: int
 ) -> tuple[torch.Tensor, tuple[str, str], tuple[torch.Tensor, torch.Tensor] | None]:
     """(points (N, 2), axis names, plane for the inverse or None)."""
-    if method == "tsne":
-        return latent.tsne(codes, seed=seed), ("t-SNE 1", "t-SNE 2"), None
+    if method != "pca":
+        points, axes = latent.embed(codes, method, seed=seed)
+        return points, axes, None
     if codes.shape[1] == 2:  # the latent plane itself: its axes mean something
         return codes.clone(), ("z0", "z1"), (torch.zeros(2), torch.eye(2))
     points, directions, mean = latent.pca(codes)
@@ -202,10 +204,8 @@ def open_explorer(
         raise DataError(
             f"{run.path}: the encoder gave NaN or infinite codes; the map cannot hold them"
         )
-    if method == "tsne":
-        log(
-            f"t-SNE of {len(codes)} codes (scikit-learn: minutes for 10,000; --limit makes it faster)"
-        )
+    if method != "pca":
+        log(f"{method} of {len(codes)} codes (minutes for 10,000; --limit makes it faster)")
     points, axes, plane = _project(codes, method, seed)
     low, high = _slider_ranges(run, codes)
     return Explorer(run, images, codes, points.float(), method, axes, plane, low, high)

@@ -7,7 +7,7 @@
   const $ = (id) => document.getElementById(id);
   const HOVER_RADIUS = 8; // CSS pixels: how near the pointer a point must be to show its image
   const POINT = 3; // CSS pixels per point
-  const METHODS = { pca: "PCA", tsne: "t-SNE" };
+  const METHODS = { pca: "PCA", tsne: "t-SNE", umap: "UMAP" };
   const PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
