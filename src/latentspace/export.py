@@ -234,7 +234,6 @@ def _first_line(error: Exception, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-
 # ---- the folder ------------------------------------------------------------------------------
 def default_out(run_dir: Path) -> Path:
     """Where `export` writes when given no --out: a folder beside the run, `NAME-onnx`."""
