@@ -4,6 +4,7 @@ errors, and progress (n of N, time left) that --quiet silences."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -220,3 +221,17 @@ def test_an_experiment_says_which_trial_of_how_many_and_the_time_left(
     assert "experiment demo-sweep 1/2: trial a (about" in err
     assert "experiment demo-sweep 2/2: trial b (about" in err
     assert not (tmp_path / "demo-sweep" / "trials" / "a" / "report.html").exists()
+
+
+def test_evaluate_says_what_it_evaluates_and_quiet_or_json_says_nothing(
+    tiny_run: Path, tiny_npz: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    args = ["evaluate", str(tiny_run), "--split", "val", "--nll-samples", "5"]
+    assert main(args) == 0
+    err = capfd.readouterr().err
+    assert "evaluate: " in err and "importance samples each" in err and "batch" in err
+    assert main([*args, "--quiet"]) == 0
+    assert capfd.readouterr().err == ""
+    assert main([*args, "--json"]) == 0
+    out, err = capfd.readouterr()
+    assert err == "" and json.loads(out)["nll_samples"] == 5

@@ -35,6 +35,7 @@ from latentspace.diagnostics.measure import (
 )
 from latentspace.errors import ConfigError, DataError, RunError
 from latentspace.models import GenerativeModel
+from latentspace.progress import Progress
 from latentspace.runs import Run
 from latentspace.settings import PRECISIONS
 
@@ -161,8 +162,10 @@ def evaluate(
     seed: int = 0,
     chunk_rows: int = 4096,
     precision: str = "fp32",
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `run` on `split`; returns one flat dict of numbers (the evaluation record).
+    Progress (batches done, time left) goes to stderr unless `quiet`.
 
     nll_samples: K importance samples per image for the NLL of a family that defines a likelihood
     (default 1000; 0 skips it). Asking another family for an NLL is an error. precision "bf16"
@@ -194,28 +197,38 @@ def evaluate(
         if bounded
         else affordable_encodes(model, to_float(images[:2].to(device)), ENCODE_BUDGET_S)
     )
-    for i in range(0, len(images), batch_size):
-        x = to_float(images[i : i + batch_size].to(device))
-        values: dict[str, torch.Tensor] = {}
-        if bounded:
-            bound = model.likelihood_bound(
-                x, max(samples, 1), generator=generator, chunk_rows=chunk_rows, precision=precision
-            )
-            code = bound.code
-            kl_dims += bound.kl.double().sum(0).cpu()
-            values["negative_elbo"] = bound.negative_elbo
-            values["kl"] = bound.kl.sum(-1)
-            if samples:
-                values["nll"] = bound.nll
-        elif i < encodes:
-            x = x[: encodes - i]
-            code = model.encode(x)
-        if i < encodes:
-            codes.append(code.cpu())
-            values.update(reconstruction_metrics(x, model.decode(code)))
-        for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + float(value.double().sum())
-            counts[key] = counts.get(key, 0) + len(value)
+    what = f"{len(images)} images" + (f", {samples} importance samples each" if samples else "")
+    with Progress("evaluate", math.ceil(len(images) / batch_size), unit="batch", quiet=quiet) as (
+        progress
+    ):
+        progress.phase(f"{chosen.images.source} {split}: {what}")
+        for i in range(0, len(images), batch_size):
+            x = to_float(images[i : i + batch_size].to(device))
+            values: dict[str, torch.Tensor] = {}
+            if bounded:
+                bound = model.likelihood_bound(
+                    x,
+                    max(samples, 1),
+                    generator=generator,
+                    chunk_rows=chunk_rows,
+                    precision=precision,
+                )
+                code = bound.code
+                kl_dims += bound.kl.double().sum(0).cpu()
+                values["negative_elbo"] = bound.negative_elbo
+                values["kl"] = bound.kl.sum(-1)
+                if samples:
+                    values["nll"] = bound.nll
+            elif i < encodes:
+                x = x[: encodes - i]
+                code = model.encode(x)
+            if i < encodes:
+                codes.append(code.cpu())
+                values.update(reconstruction_metrics(x, model.decode(code)))
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + float(value.double().sum())
+                counts[key] = counts.get(key, 0) + len(value)
+            progress.advance(1)
     n = len(images)
     pixels = math.prod(run.image_shape)
     record: dict[str, Any] = {

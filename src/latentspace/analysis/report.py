@@ -258,9 +258,12 @@ def _evaluation(run: Run, images: ImageSet) -> tuple[dict[str, Any], str]:
             split,
             limit=min(_QUICK_IMAGES, len(images)),
             nll_samples=_QUICK_SAMPLES if run.model.has_likelihood() else 0,
+            quiet=True,  # the report says its own phases
         )
     except LatentspaceError:
-        record = evaluate(run, "train", limit=min(_QUICK_IMAGES, len(images)), nll_samples=0)
+        record = evaluate(
+            run, "train", limit=min(_QUICK_IMAGES, len(images)), nll_samples=0, quiet=True
+        )
     note = (
         f"a quick evaluation made for this report (at most {_QUICK_IMAGES} images, K="
         f"{_QUICK_SAMPLES} for the NLL); run `latentspace evaluate` for the full numbers"

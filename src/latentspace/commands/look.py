@@ -216,6 +216,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=max(1, args.batch_size),
         seed=args.seed,
         precision=args.precision,
+        quiet=args.quiet or args.json,
     )
     record["threads"] = torch.get_num_threads()
     report = None

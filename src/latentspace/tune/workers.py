@@ -223,7 +223,7 @@ def final_objective(run_dir: Path, objective: str) -> float:
     if objective == "nll":
         from latentspace.analysis.evaluate import evaluate
 
-        record = evaluate(run, split="val", nll_samples=NLL_SAMPLES)
+        record = evaluate(run, split="val", nll_samples=NLL_SAMPLES, quiet=True)
         append_metrics(run_dir, record)
         return float(record["nll"])
     from latentspace.analysis.quality import evaluate_quality
