@@ -22,7 +22,7 @@ from latentspace.data import (
 from latentspace.diagnostics.measure import ACTIVE_UNIT_THRESHOLD
 from latentspace.errors import ConfigError, DataError
 from latentspace.imaging import save_grid
-from latentspace.runs import Run, append_metrics
+from latentspace.runs import METRICS, Run, append_metrics, check_writable, lock_run
 from latentspace.settings import PRECISIONS
 
 __all__ = ["load_one", "parse_dims", "register"]
@@ -208,6 +208,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nll-samples {args.nll_samples} must be 0 or more")
     _check_limit(args.limit)
     run = open_run_for_use(args)
+    # the record is appended to the run: a read-only folder or another writer is one line now,
+    # not after the evaluation
+    check_writable(run.path / METRICS)
+    with lock_run(run.path, "evaluate"):
+        pass
     record = evaluate(
         run,
         args.split,
