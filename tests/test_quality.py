@@ -116,3 +116,24 @@ def test_evaluate_fid_flag(tiny_run: Path, capsys: pytest.CaptureFixture) -> Non
     assert "FID (latentspace" in text and "classes of generated samples" in text
     record = [r for r in ls.open_run(tiny_run).metrics if "quality" in r][-1]
     assert record["quality"]["n_generated"] == 30
+
+
+def test_sample_fid_reads_the_held_out_images_once_and_scores_like_the_one_off(
+    blobs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tuning scores a GAN after every epoch: the reference images and the feature network are
+    read when the scorer is made, not again at each call, and each call equals `sample_fid`."""
+    from latentspace.analysis import quality
+
+    feature_network(str(blobs), epochs=1, log=lambda line: None)  # cached, as tuning does first
+    config = ls.default_config(
+        "gan", dataset=str(blobs), epochs=1, latent_dim=2, hidden_sizes=(16,), device="cpu"
+    )
+    run = ls.train(config, tmp_path / "gan", quiet=True, diagnostics=False, report=False)
+    reads = []
+    held_out = quality.held_out
+    monkeypatch.setattr(quality, "held_out", lambda c: reads.append(1) or held_out(c))
+    scorer = quality.SampleFID(run.config, run.model, n=64)
+    first, second = scorer(run.model), scorer(run.model)
+    assert len(reads) == 1 and first == second
+    assert first == pytest.approx(quality.sample_fid(run.model, run.config, n=64))

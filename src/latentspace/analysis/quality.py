@@ -28,6 +28,7 @@ from latentspace.runs import Run
 
 __all__ = [
     "QualityReport",
+    "SampleFID",
     "class_distribution",
     "evaluate_quality",
     "fid_kid",
@@ -216,6 +217,39 @@ def evaluate_quality(
     )
 
 
+class SampleFID:
+    """FID of `n` samples of a model against the first `n` held-out images of `config`'s data, in
+    the features `evaluate_quality` uses: a cheap score to compare the epochs of a model that
+    minimises no validation loss (tuning prunes GAN trials on it after every epoch). Higher and
+    noisier than evaluate_quality's FID of 10000 samples. The held-out images and the feature
+    network are read once, when it is made; each call only generates and scores. Samples come
+    from their own seeded generator, so training that calls it stays reproducible."""
+
+    def __init__(
+        self,
+        config: Config,
+        model: GenerativeModel,
+        *,
+        n: int = 500,
+        seed: int = 0,
+        log: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        chosen = held_out(config)
+        if chosen.images is None:
+            raise DataError(
+                "sample FID needs held-out images: set data.val_fraction > 0 (or use a named "
+                "dataset)"
+            )
+        self.reference = chosen.images.images[:n]
+        self.network, _ = _feature_network_for(config, model, config.data.dataset, log)
+        self.n, self.seed = n, seed
+
+    def __call__(self, model: GenerativeModel) -> float:
+        generated = _generate(model, self.n, self.seed, batch_size=self.n)
+        fid, _, _ = fid_kid(self.reference, generated, self.network, kid_subsets=1, seed=self.seed)
+        return fid
+
+
 def sample_fid(
     model: GenerativeModel,
     config: Config,
@@ -224,20 +258,8 @@ def sample_fid(
     seed: int = 0,
     log: Callable[[str], None] = lambda line: None,
 ) -> float:
-    """FID of `n` samples of `model` against the first `n` held-out images of `config`'s data, in
-    the features `evaluate_quality` uses: a cheap score to compare the epochs of a model that
-    minimises no validation loss (tuning prunes GAN trials on it). Higher and noisier than
-    evaluate_quality's FID of 10000 samples. Draws from its own seeded generator, so training
-    that calls it stays reproducible."""
-    chosen = held_out(config)
-    if chosen.images is None:
-        raise DataError(
-            "sample FID needs held-out images: set data.val_fraction > 0 (or use a named dataset)"
-        )
-    network, _ = _feature_network_for(config, model, config.data.dataset, log)
-    generated = _generate(model, n, seed, batch_size=n)
-    fid, _, _ = fid_kid(chosen.images.images[:n], generated, network, kid_subsets=1, seed=seed)
-    return fid
+    """One `SampleFID` of `model` (see there)."""
+    return SampleFID(config, model, n=n, seed=seed, log=log)(model)
 
 
 def _feature_network_for(

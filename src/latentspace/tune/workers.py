@@ -128,12 +128,15 @@ class PruningCallback:
         self.term = term
         self.value = math.nan
         self.epochs = 0
+        self.sample_fid: Any = None  # a SampleFID, made at the first epoch that needs it
 
     def _score(self, trainer: Any, record: dict[str, Any]) -> float:
         if self.term is None:
-            from latentspace.analysis.quality import sample_fid
+            if self.sample_fid is None:  # the held-out images and features, read once a trial
+                from latentspace.analysis.quality import SampleFID
 
-            return sample_fid(trainer.model, trainer.config, n=PRUNE_FID_SAMPLES)
+                self.sample_fid = SampleFID(trainer.config, trainer.model, n=PRUNE_FID_SAMPLES)
+            return self.sample_fid(trainer.model)
         if "val" not in record:
             raise ConfigError("tuning needs validation images: set data.val_fraction > 0")
         return float(record["val"][self.term])
