@@ -312,7 +312,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
 def run_traverse(args: argparse.Namespace) -> int:
     if args.steps < 2:
         raise ConfigError(f"--steps {args.steps}: a traversal needs at least 2")
-    from latentspace.analysis.report import prior_moments, traversal_images, traversal_labels
+    from latentspace.analysis.figures import prior_moments, traversal_images, traversal_labels
 
     run = open_run_for_use(args)
     dims = parse_dims(args.dims, run.model.latent_dim)
@@ -341,7 +341,7 @@ def _short(dims: list[int]) -> str:
 
 
 def run_map(args: argparse.Namespace) -> int:
-    from latentspace.analysis.report import latent_map
+    from latentspace.analysis.figures import latent_map
 
     _check_limit(args.limit)
     run = open_run_for_use(args)

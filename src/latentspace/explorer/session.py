@@ -15,7 +15,8 @@ from collections.abc import Callable
 import torch
 
 from latentspace.analysis import latent
-from latentspace.analysis.report import prior_moments, report_images
+from latentspace.analysis.figures import prior_moments
+from latentspace.analysis.report import report_images
 from latentspace.data import ImageSet
 from latentspace.errors import ConfigError, DataError
 from latentspace.explorer.codes import ENCODE_BUDGET_S, encode_images
