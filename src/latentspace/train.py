@@ -27,7 +27,7 @@ from latentspace._device import configure_threads, select_device
 from latentspace.config import Config, TrainConfig
 from latentspace.data import Batches, ImageSet, prepare_data
 from latentspace.errors import ConfigError, RunError, StorageError, TrainingDiverged
-from latentspace.models import GenerativeModel, build_model, check_rebuilds
+from latentspace.models import GenerativeModel, build_model, check_rebuilds, for_data
 from latentspace.models.base import diverging_lr
 from latentspace.models.networks import name_networks
 from latentspace.progress import format_duration, is_silenced, on_terminal
@@ -147,7 +147,9 @@ class Trainer:
         self.model = model.to(self.device)
         dynamic = config.data.binarize == "dynamic"
         self.generator = torch.Generator().manual_seed(config.train.seed)
-        self.train_batches = Batches(
+        # the data decides how it is batched: images by data.Batches, text by its own class
+        batches = getattr(train_set, "batch_class", Batches)
+        self.train_batches = batches(
             self._place(train_set.images),
             config.train.batch_size,
             shuffle=True,
@@ -159,7 +161,7 @@ class Trainer:
         self.val_batches = (
             None
             if val_set is None
-            else Batches(
+            else batches(
                 self._place(val_set.images),
                 config.train.batch_size,
                 dynamic=dynamic,
@@ -417,7 +419,9 @@ class Trainer:
     def _finish(self) -> None:
         if self.stop_reason and not self.quiet:
             self.log(self.stop_reason)
-        plain = Batches(self.train_batches.images, self.train_config.batch_size, device=self.device)
+        plain = type(self.train_batches)(
+            self.train_batches.images, self.train_config.batch_size, device=self.device
+        )
         self.model.on_train_end(plain)
         self.model.eval()
         runs.save_model(self.run_dir, self.model, self.epoch)
@@ -507,6 +511,8 @@ def _prepare(
             f"{run_dir} was trained on {image_shape} images but {config.data.dataset} "
             f"now gives {train_set.image_shape}"
         )
+    # the family must read this data, and is built with what the data hands it (a tokenizer)
+    config = dataclasses.replace(config, model=for_data(config.model, train_set))
     model = build_model(config.model, train_set.image_shape, config.train, **networks)
     if networks:  # the run must load again from config.json alone: check that before training
         check_rebuilds(model, config.model, train_set.image_shape, config.train)

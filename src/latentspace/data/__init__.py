@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from latentspace.data.batches import Batches, binarize_static, to_float
 from latentspace.data.datasets import DATASETS, data_home, dataset_status, fetch, load_named
@@ -12,12 +13,16 @@ from latentspace.data.prepare import (
     BATCH,
     HeldOut,
     batched,
-    held_out,
     named_dataset,
-    prepare_data,
     split_reference,
 )
+from latentspace.data.prepare import held_out as _held_out_images
+from latentspace.data.prepare import prepare_data as _prepare_images
+from latentspace.data.text import is_text, prepare_text, text_held_out
 from latentspace.errors import DataError
+
+if TYPE_CHECKING:
+    from latentspace.data.prepare import _RunSettings
 
 __all__ = [
     "BATCH",
@@ -73,3 +78,19 @@ def resolve(
         f"dataset {spec!r} not found: not a known name ({', '.join(DATASETS)}), "
         "nor an existing folder or .npy/.npz file"
     )
+
+
+def prepare_data(config: _RunSettings) -> tuple[ImageSet, ImageSet | None]:
+    """The training and validation data of a run's config (see `prepare.prepare_data`); text
+    (a named corpus, a .txt file or a folder of them) gives `TextSet`s, which the trainer reads
+    as it reads images (len, image_shape, images: the token ids, batch_class)."""
+    if is_text(config.data.dataset):
+        return prepare_text(config)  # type: ignore[return-value]
+    return _prepare_images(config)
+
+
+def held_out(config: _RunSettings) -> HeldOut:
+    """The data a run did not train on (see `prepare.held_out`); for text, sentences."""
+    if is_text(config.data.dataset):
+        return HeldOut(*text_held_out(config))  # type: ignore[arg-type]
+    return _held_out_images(config)

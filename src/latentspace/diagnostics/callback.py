@@ -67,9 +67,9 @@ class Diagnostics:
         source = (
             trainer.val_set.images if trainer.val_set is not None else trainer.train_batches.images
         )
-        self.batch = to_float(source[: self.val_images]).to(
-            trainer.device
-        )  # first N: no randomness
+        rows = source[: self.val_images]  # the first N: no randomness
+        # images (uint8) as floats; other data (text's token ids) as the model takes it
+        self.batch = (to_float(rows) if rows.dtype == torch.uint8 else rows).to(trainer.device)
         self.steps = max(1, len(trainer.train_batches))
         self.step, self.epoch = 0, trainer.epoch
         self._prepare(0)

@@ -3,6 +3,9 @@ moment it is registered."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -12,6 +15,7 @@ from latentspace.models.base import GenerativeModel
 from latentspace.models.gan import GAN, GANConfig
 from latentspace.models.layers import NetworkConfig
 from latentspace.models.networks import NETWORKS, register_network
+from latentspace.models.sentence_vae import LanguageModel, SentenceVAE
 from latentspace.models.vae import VAE, VAEConfig
 from latentspace.settings import TrainConfig
 
@@ -28,6 +32,7 @@ __all__ = [
     "NetworkConfig",
     "VAEConfig",
     "build_model",
+    "for_data",
     "check_rebuilds",
     "register_network",
 ]
@@ -36,8 +41,26 @@ MODELS: dict[str, type[GenerativeModel]] = {
     "ae": AutoEncoder,
     "vae": VAE,
     "gan": GAN,
+    "sentence_vae": SentenceVAE,
+    "lm": LanguageModel,
 }
 DEFAULT_MODEL = "vae"  # the family a config without model.name trains
+
+
+def for_data(config: Any, data: object) -> Any:
+    """The model config `config` fitted to its training data: a one-line error when the family
+    cannot read that data (declared by `inputs`), and the settings the data hands its model
+    (`data.model_settings()`: text gives its tokenizer)."""
+    kind = str(getattr(data, "inputs", "images"))
+    family = MODELS.get(str(getattr(config, "name", "")))
+    if family is not None and family.inputs != kind:
+        fitting = [name for name, cls in MODELS.items() if cls.inputs == kind]
+        raise ConfigError(
+            f"a {family.name} model reads {family.inputs} but {getattr(data, 'source', 'the data')}"
+            f" is {kind}: train one of {', '.join(fitting)} (--model NAME)"
+        )
+    settings = getattr(data, "model_settings", None)
+    return dataclasses.replace(config, **settings()) if callable(settings) else config
 
 
 def build_model(

@@ -121,6 +121,12 @@ class GenerativeModel(nn.Module):
     # True: `encode` is one forward pass of a network (cheap, and a graph can hold it: ONNX export).
     # False: an optimisation per image (GAN inversion), slow, and not exportable.
     encode_is_network: ClassVar[bool] = True
+    # What the family reads and writes: "images" ((B, C, H, W) floats in [0, 1], the data shape
+    # (C, H, W)) or "text" (sentences: encode takes a list of strings or (B, T) token ids and
+    # decode returns a list of strings; the data shape is (1, max tokens, vocabulary size)).
+    # The commands print sentences where they would save pictures; `models.for_data` refuses a
+    # family that cannot read the training data.
+    inputs: ClassVar[str] = "images"
     # buffers added after runs were first saved: a weights file without one loads, and the buffer
     # keeps its initial value (a counter that only sets a phase, never a learned weight)
     optional_state: ClassVar[frozenset[str]] = frozenset()

@@ -1,0 +1,228 @@
+"""Text data and the text families (a sentence VAE and its language-model baseline): errors on
+bad files, the tokenizer as data, training and resuming, encode/decode, and the model contract's
+text branch. Tiny generated corpora only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+import latentspace as ls
+from conftest import InterruptAfter
+from latentspace.config import Config
+from latentspace.data import prepare_data
+from latentspace.data.text import MAX_TOKENS, PAD_ID, TextTokenizer, load_text, read_lines
+from latentspace.data.text_corpus import _split_of, cut_sentences
+from latentspace.errors import ConfigError, DataError
+from latentspace.models import MODELS, build_model
+from latentspace.settings import TrainConfig
+
+TEXT_FAMILIES = [name for name, cls in MODELS.items() if cls.inputs == "text"]
+WORDS = "the a cat dog sat ran on under big small red blue mat log house tree".split()
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) + "." for _ in range(n)]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(sentences(120)) + "\n", encoding="utf-8")
+    return path
+
+
+def text_config(corpus: Path, family: str, *extra: str) -> Config:
+    settings = [
+        f"model.name={family}",
+        f"data.dataset={corpus}",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "train.device=cpu",
+        "model.embedding_dim=8",
+        "model.hidden_size=16",
+    ]
+    if MODELS[family].config_class().__dict__.get("latent_dim"):
+        settings.append("model.latent_dim=3")
+    return ls.apply_overrides(ls.default_config(), [*settings, *extra])
+
+
+def one_line(error: BaseException, *parts: str) -> None:
+    message = str(error)
+    assert "\n" not in message, message
+    for part in parts:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+# ---- data ----------------------------------------------------------------------------------
+def test_bad_files_are_one_line_errors_naming_the_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(DataError) as error:
+        read_lines(empty)
+    one_line(error.value, str(empty), "empty")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"one line\ntwo\x00three\n")
+    with pytest.raises(DataError) as error:
+        read_lines(binary)
+    one_line(error.value, str(binary), "binary", "line 2")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("fine\nstill fine\ncaf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(DataError) as error:
+        read_lines(latin)
+    one_line(error.value, str(latin), "line 3", "UTF-8", "0xe9")
+
+
+def test_long_lines_are_cut_with_one_warning_that_counts_them(tmp_path: Path) -> None:
+    path = tmp_path / "long.txt"
+    long = " ".join(["word"] * (MAX_TOKENS * 2))
+    path.write_text("\n".join([*sentences(30), long, long, long]) + "\n")
+    config = ls.apply_overrides(
+        ls.default_config(), [f"data.dataset={path}", "data.val_fraction=0"]
+    )
+    with pytest.warns(UserWarning, match=r"3 of 33 sentences .* longer than") as caught:
+        train, _ = prepare_data(config)
+    assert len(caught) == 1
+    assert train.images.shape[1] == MAX_TOKENS
+
+
+def test_a_folder_of_txt_files_and_a_seeded_split(tmp_path: Path) -> None:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("\n".join(sentences(20, 1)))
+    (folder / "b.txt").write_text("\n".join(sentences(20, 2)))
+    assert load_text(str(folder)) == sentences(20, 1) + sentences(20, 2)
+    config = ls.apply_overrides(ls.default_config(), [f"data.dataset={folder}"])
+    train, val = prepare_data(config)
+    again, val_again = prepare_data(config)
+    assert val is not None and val_again is not None
+    assert len(train) + len(val) == 40 and train.sentences == again.sentences
+    assert val.sentences == val_again.sentences
+
+
+def test_named_corpus_cutting_and_its_stable_split() -> None:
+    text = "Hello there, friend. How are you today?\n\t-- Someone\n%\nx\n%\nOne two three four!\n"
+    assert cut_sentences(text) == [
+        "Hello there, friend.",
+        "How are you today?",
+        "One two three four!",
+    ]
+    # the split is a function of the sentence alone: the same wherever it appears
+    assert {_split_of("One two three four!") for _ in range(3)} == {
+        _split_of("One two three four!")
+    }
+    assert {_split_of(s) for s in sentences(200)} == {"train", "valid", "test"}
+
+
+def test_the_tokenizer_is_json_and_reloads_to_the_same_ids() -> None:
+    train = sentences(100)
+    tokenizer = TextTokenizer.train(train)
+    document = json.loads(tokenizer.json)  # plain data
+    assert document["model"]["type"] == "BPE"
+    again = TextTokenizer(tokenizer.json)
+    ids, cut = tokenizer.encode(train[:5])
+    assert cut == 0 and torch.equal(ids, again.encode(train[:5])[0])
+    assert again.decode(ids) == [s.lower() for s in train[:5]]
+    with pytest.raises(DataError) as error:
+        TextTokenizer('{"not": "a tokenizer"}')
+    one_line(error.value, "tokenizer")
+
+
+# ---- the families --------------------------------------------------------------------------
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_train_and_resume_equals_uninterrupted(tmp_path: Path, corpus: Path, family: str) -> None:
+    config = text_config(corpus, family, "train.epochs=3", "model.dropout=0.1")
+    straight = ls.train(config, tmp_path / "straight", quiet=True, report=False)
+    with pytest.raises(KeyboardInterrupt):
+        ls.train(
+            config, tmp_path / "resumed", quiet=True, callbacks=[InterruptAfter(1)], report=False
+        )
+    ls.train(config, tmp_path / "resumed", resume=True, quiet=True, report=False)
+    a = safetensors.torch.load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = safetensors.torch.load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the tokenizer travels in config.json as data, and the run reloads with it
+    saved = json.loads((tmp_path / "straight" / "config.json").read_text())
+    assert json.loads(saved["config"]["model"]["tokenizer"])["model"]["type"] == "BPE"
+    epochs = [r for r in straight.metrics if r.get("kind") == "epoch"]
+    assert epochs[-1]["val"]["total"] < epochs[0]["val"]["total"] + 5
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_encode_decode_generate_give_codes_and_sentences(
+    tmp_path: Path, corpus: Path, family: str
+) -> None:
+    model = ls.train(text_config(corpus, family), tmp_path / "run", quiet=True, report=False).model
+    d = model.latent_dim
+    z = model.encode(["the cat sat on the mat.", "a dog ran."])
+    assert tuple(z.shape) == (2, d) and not z.requires_grad
+    for strategy in ("greedy", "beam", "sample"):
+        decoded = model.decode(z, strategy=strategy, generator=torch.Generator().manual_seed(0))
+        assert len(decoded) == 2 and all(isinstance(s, str) for s in decoded)
+    seeded = [model.generate(3, generator=torch.Generator().manual_seed(1)) for _ in range(2)]
+    assert seeded[0] == seeded[1] and len(seeded[0]) == 3
+    assert len(model.reconstruct(["the cat sat."])) == 1
+    ids = model.token_ids(["the cat sat.", "a big red dog ran under the tree."])
+    bound = model.likelihood_bound(ids, 4, generator=torch.Generator().manual_seed(0))
+    assert tuple(bound.nll.shape) == (2,) and bool(torch.isfinite(bound.nll).all())
+    assert bool((bound.nll <= bound.negative_elbo + 1e-6).all()), "IWAE bound <= ELBO"
+    assert tuple(bound.code.shape) == (2, d)
+    for bad in (torch.rand(2, 5), "one string", []):
+        with pytest.raises(DataError) as error:
+            model.encode(bad)  # type: ignore[arg-type]
+        one_line(error.value, model.name)
+    with pytest.raises(DataError) as error:
+        model.decode(torch.zeros(2, d + 1))
+    one_line(error.value, f"(B, {d})")
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_text_step_bf16_and_kl_schedules(family: str) -> None:
+    """The text branch of the conformance suite: a step changes every parameter that takes
+    part, terms are detached float32 scalars, bf16 keeps float32 weights."""
+    config = MODELS[family].config_class(embedding_dim=8, hidden_size=16)
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = build_model(config, (1, 20, 30), TrainConfig(lr=1e-2, precision=precision))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        ids = torch.randint(4, 30, (6, 9))
+        ids[:, 0], ids[:, -1], ids[3:, -3:] = 2, 3, PAD_ID
+        ids[3:, -4] = 3
+        terms = model.training_step(ids, model.configure_optimizers())
+        assert all(v.dim() == 0 and not v.requires_grad for v in terms.values())
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+        assert changed, precision
+        assert set(model.validation_step(ids)) >= {"total", "reconstruction", "kl"}
+
+
+def test_kl_schedules() -> None:
+    config = MODELS["sentence_vae"].config_class(embedding_dim=8, hidden_size=16, kl_steps=10)
+    weights = {}
+    for schedule in ("none", "linear", "cyclical"):
+        model = build_model(dataclasses.replace(config, kl_schedule=schedule), (1, 20, 30))
+        model.train()
+        seen = []
+        for _ in range(25):
+            seen.append(model.kl_weight)
+            model.after_step()
+        weights[schedule] = seen
+    assert weights["none"] == [1.0] * 25
+    assert weights["linear"][0] == pytest.approx(0.1) and weights["linear"][12:] == [1.0] * 13
+    cyclical = weights["cyclical"]
+    assert cyclical[0] == 0.0 and cyclical[5] == 1.0 and cyclical[10] == 0.0 and cyclical[15] == 1.0
+
+
+def test_an_image_family_on_text_is_a_one_line_error(tmp_path: Path, corpus: Path) -> None:
+    config = ls.apply_overrides(ls.default_config(), [f"data.dataset={corpus}"])
+    with pytest.raises(ConfigError) as error:
+        ls.train(config, tmp_path / "run", quiet=True, report=False, diagnostics=False)
+    one_line(error.value, "reads images", "text", *TEXT_FAMILIES)
+    assert not (tmp_path / "run").exists()
