@@ -13,7 +13,7 @@ from torch import nn
 
 from latentspace.models.base import GenerativeModel
 from latentspace.models.layers import NetworkConfig
-from latentspace.models.likelihood import check_likelihood, mean_image, reconstruction_nll
+from latentspace.models.likelihood import PixelLikelihood, check_likelihood, mean_image
 from latentspace.models.networks import make_decoder, make_encoder
 from latentspace.settings import TrainConfig
 
@@ -23,8 +23,10 @@ __all__ = ["AEConfig", "AELoss", "AutoEncoder"]
 @dataclasses.dataclass(frozen=True)
 class AEConfig(NetworkConfig):
     name: str = "ae"
-    likelihood: str = "bernoulli"  # bernoulli (BCE, data in [0, 1]) | gaussian (MSE)
-    gaussian_std: float = 0.1  # gaussian: the fixed pixel standard deviation
+    # auto (bernoulli for grey, logistic for colour) | bernoulli | gaussian | gaussian_learned |
+    # logistic (discretised, learned scale): see models/likelihood.py
+    likelihood: str = "auto"
+    gaussian_std: float = 0.1  # gaussian: the fixed pixel standard deviation (learned: its start)
 
     def validate(self) -> None:
         super().validate()
@@ -58,14 +60,15 @@ class AutoEncoder(GenerativeModel):
         super().__init__(config, image_shape, train)
         self.encoder = make_encoder(config, image_shape, config.latent_dim, encoder)
         self.decoder = make_decoder(config, image_shape, decoder)
+        self.pixel_likelihood = PixelLikelihood(
+            config.likelihood, image_shape[0], config.gaussian_std
+        )
         self.register_buffer("prior_mean", torch.zeros(config.latent_dim))
         self.register_buffer("prior_scale_tril", torch.eye(config.latent_dim))
 
     def loss(self, x: torch.Tensor) -> AELoss:
         logits = self.decoder(self.encoder(x))
-        reconstruction = reconstruction_nll(
-            logits, x, self.config.likelihood, self.config.gaussian_std
-        ).mean()
+        reconstruction = self.pixel_likelihood(logits, x).mean()
         return AELoss(reconstruction, reconstruction)
 
     def training_step(

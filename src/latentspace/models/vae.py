@@ -14,7 +14,7 @@ from torch import nn
 from latentspace.errors import ConfigError
 from latentspace.models.base import GenerativeModel, LikelihoodBound
 from latentspace.models.layers import NetworkConfig
-from latentspace.models.likelihood import check_likelihood, mean_image, reconstruction_nll
+from latentspace.models.likelihood import PixelLikelihood, check_likelihood, mean_image
 from latentspace.models.networks import make_decoder, make_encoder
 from latentspace.settings import TrainConfig
 
@@ -26,8 +26,10 @@ LogLikelihood = Callable[[torch.Tensor], torch.Tensor]
 @dataclasses.dataclass(frozen=True)
 class VAEConfig(NetworkConfig):
     name: str = "vae"
-    likelihood: str = "bernoulli"  # bernoulli (BCE, data in [0, 1]) | gaussian (MSE)
-    gaussian_std: float = 0.1  # gaussian: the fixed pixel standard deviation
+    # auto (bernoulli for grey, logistic for colour) | bernoulli | gaussian | gaussian_learned |
+    # logistic (discretised, learned scale): see models/likelihood.py
+    likelihood: str = "auto"
+    gaussian_std: float = 0.1  # gaussian: the fixed pixel standard deviation (learned: its start)
     beta: float = 1.0  # weight of the KL term (beta-VAE, Higgins et al. 2017)
     kl_warmup_epochs: int = 0  # ramp the KL weight linearly from beta/N to beta over N epochs
 
@@ -109,6 +111,9 @@ class VAE(GenerativeModel):
         super().__init__(config, image_shape, train)
         self.encoder = make_encoder(config, image_shape, 2 * config.latent_dim, encoder)
         self.decoder = make_decoder(config, image_shape, decoder)
+        self.pixel_likelihood = PixelLikelihood(
+            config.likelihood, image_shape[0], config.gaussian_std
+        )
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W) -> mu, logvar: (B, D) each."""
@@ -126,9 +131,7 @@ class VAE(GenerativeModel):
     def loss(self, x: torch.Tensor) -> VAELoss:
         mu, logvar = self.posterior(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation trick
-        reconstruction = reconstruction_nll(
-            self.decoder(z), x, self.config.likelihood, self.config.gaussian_std
-        ).mean()
+        reconstruction = self.pixel_likelihood(self.decoder(z), x).mean()
         kl = gaussian_kl(mu, logvar).sum(1).mean()
         return VAELoss(reconstruction, kl, reconstruction + self.kl_weight * kl)
 
@@ -198,11 +201,10 @@ def _log_likelihood(model: VAE, x: torch.Tensor, bf16: bool = False) -> LogLikel
         # -BCE(logits, x) = x * logits - softplus(logits), in two passes instead of five
         return (logits * flat).sum(-1) - F.softplus(logits).sum(-1)
 
-    def gaussian(z: torch.Tensor) -> torch.Tensor:
+    def other(z: torch.Tensor) -> torch.Tensor:
         s, b, d = z.shape
         logits = decoder(z.reshape(s * b, d))
         target = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
-        nll = reconstruction_nll(logits, target, "gaussian", model.config.gaussian_std)
-        return -nll.reshape(s, b)
+        return -model.pixel_likelihood(logits, target).reshape(s, b)
 
-    return bernoulli if model.config.likelihood == "bernoulli" else gaussian
+    return bernoulli if model.pixel_likelihood.likelihood == "bernoulli" else other
