@@ -56,6 +56,10 @@ class DataConfig:
     channels: int | None = None  # image folders: 1 (grayscale) or 3 (RGB); default: from the files
     strict: bool = False  # image folders: an unreadable file is an error instead of a warning
     limit: int | None = None  # use at most this many training images (quick experiments)
+    # image folders: the share held out as the test split, each file by a hash of its name
+    test_fraction: float = 0.1
+    crop: int | None = None  # train on random crop x crop windows (validation and test: centred)
+    flip: bool = False  # mirror a random half of the training images left to right
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,3 +248,11 @@ def validate_settings(data: DataConfig, train: TrainConfig) -> None:
         raise ConfigError(f"data.size = {d.size} must be between 4 and 4096 pixels")
     if d.limit is not None and d.limit < 2:
         raise ConfigError(f"data.limit = {d.limit} must be at least 2")
+    if not 0.0 <= d.test_fraction < 1.0:
+        raise ConfigError(f"data.test_fraction = {d.test_fraction} must be in [0, 1)")
+    if d.crop is not None and not 4 <= d.crop <= 4096:
+        raise ConfigError(f"data.crop = {d.crop} must be between 4 and 4096 pixels")
+    if d.crop is not None and d.size is not None and d.crop > d.size:
+        raise ConfigError(
+            f"data.crop = {d.crop} is larger than data.size = {d.size}: crop at most the size"
+        )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from latentspace.data.batches import Batches, binarize_static, to_float
+from latentspace.data.cache import cache_root, open_folder
 from latentspace.data.datasets import DATASETS, data_home, dataset_status, fetch, load_named
 from latentspace.data.files import load_array, load_folder, load_image
 from latentspace.data.imageset import ImageSet
@@ -18,6 +19,7 @@ from latentspace.data.prepare import (
 )
 from latentspace.data.prepare import held_out as _held_out_images
 from latentspace.data.prepare import prepare_data as _prepare_images
+from latentspace.data.store import Images
 from latentspace.data.text import is_text, prepare_text, text_held_out
 from latentspace.errors import DataError
 
@@ -30,8 +32,10 @@ __all__ = [
     "Batches",
     "HeldOut",
     "ImageSet",
+    "Images",
     "batched",
     "binarize_static",
+    "cache_root",
     "data_home",
     "dataset_status",
     "fetch",
@@ -41,6 +45,7 @@ __all__ = [
     "load_image",
     "load_named",
     "named_dataset",
+    "open_folder",
     "prepare_data",
     "resolve",
     "split_reference",
@@ -55,18 +60,20 @@ def resolve(
     size: int | None = None,
     channels: int | None = None,
     strict: bool = False,
+    crop: int | None = None,
 ) -> ImageSet:
     """The one function that turns what a user wrote into images.
 
     spec: `NAME` or `NAME:split` for a named dataset (`mnist:test`), a folder of images, or a
-    `.npy` / `.npz` file.
+    `.npy` / `.npz` file. A folder is decoded once into its on-disk cache (data.cache) and
+    read from there; `crop` lets its images differ in size (they are then centre-cropped).
     """
     name, _, split = spec.partition(":")
     if name in DATASETS:
         return load_named(name, split or default_split)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return load_folder(path, size=size, channels=channels, strict=strict)
+        return open_folder(path, size=size, channels=channels, strict=strict, crop=crop)
     if path.suffix in (".npy", ".npz"):
         return load_array(path)
     if path.exists():

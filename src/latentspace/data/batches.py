@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
+from latentspace.data.store import Images
+
 __all__ = ["Batches", "binarize_static", "to_float"]
 
 
@@ -18,8 +20,10 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).div_(255.0)
 
 
-def binarize_static(images: torch.Tensor, seed: int) -> torch.Tensor:
-    """One fixed Bernoulli draw per pixel (the 'statically binarized MNIST' convention), as 0/255."""
+def binarize_static(images: torch.Tensor | Images, seed: int) -> torch.Tensor:
+    """One fixed Bernoulli draw per pixel (the 'statically binarized MNIST' convention), as 0/255.
+    Images read from a folder's cache are read whole: the draw is then kept in memory."""
+    images = images[:] if isinstance(images, Images) else images
     generator = torch.Generator().manual_seed(seed)
     draw = torch.bernoulli(to_float(images.cpu()), generator=generator)
     return (draw * 255).to(torch.uint8).to(images.device)
@@ -34,7 +38,7 @@ class Batches:
 
     def __init__(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | Images,
         batch_size: int,
         *,
         shuffle: bool = False,
@@ -56,7 +60,12 @@ class Batches:
         n = len(self.images)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None
         for start in range(0, n, self.batch_size):
-            if order is None:
+            if isinstance(self.images, Images) and self.images.augments:  # data.crop, data.flip
+                size = min(self.batch_size, n - start)
+                where = torch.arange(start, start + size) if order is None else order[start:][:size]
+                draws = torch.rand((size, 3), generator=self.generator)
+                batch = self.images.augmented(where, draws)
+            elif order is None:
                 batch = self.images[start : start + self.batch_size]
             else:
                 batch = self.images[order[start : start + self.batch_size].to(self.images.device)]

@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from latentspace.data.imageset import ImageSet
+from latentspace.data.store import Images
 from latentspace.errors import DataError
 
 __all__ = [
@@ -163,13 +164,20 @@ def load_image(path: Path, channels: int | None = None, size: int | None = None)
     return _to_tensor(image, channels or (1 if image.mode in _GRAY_MODES else 3), size)
 
 
-def _to_tensor(image: Image.Image, channels: int, size: int | None) -> torch.Tensor:
+def _pixels(image: Image.Image, channels: int, size: int | None) -> np.ndarray:
+    """A decoded image -> (C, H, W) uint8, C = `channels`, resized to size x size when given.
+    NumPy only: the cache's worker processes call it without touching torch."""
     image = image.convert("L" if channels == 1 else "RGB")
     if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return torch.from_numpy(array.copy())
+    return np.require(
+        array[None] if array.ndim == 2 else array.transpose(2, 0, 1), None, ["C", "W"]
+    )
+
+
+def _to_tensor(image: Image.Image, channels: int, size: int | None) -> torch.Tensor:
+    return torch.from_numpy(_pixels(image, channels, size))
 
 
 def _describe(skipped: list[tuple[str, _Unusable]], folder: Path, limit: int = 10) -> str:
@@ -264,7 +272,8 @@ def load_folder(
     return _image_set(folder, images[: len(kept)], [path.relative_to(folder) for path in kept])
 
 
-def _image_set(folder: Path, images: torch.Tensor, relative: list[Path]) -> ImageSet:
+def _image_set(folder: Path, images: torch.Tensor | Images, relative: list[Path]) -> ImageSet:
+    """Labels from first-level sub-folder names when every image sits in one of several."""
     labels = classes = None
     if all(len(r.parts) > 1 for r in relative):
         classes = sorted({r.parts[0] for r in relative})

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, overload
 
 import torch
 
 from latentspace.data.batches import binarize_static, to_float
 from latentspace.data.datasets import DATASETS
 from latentspace.data.imageset import ImageSet
+from latentspace.data.store import Images, TensorRecords, check_crop
 from latentspace.settings import DataConfig, TrainConfig
 
 __all__ = [
@@ -56,29 +57,73 @@ def split_reference(spec: str) -> tuple[str, int] | None:
     return None
 
 
-def prepare_data(config: _RunSettings) -> tuple[ImageSet, ImageSet | None]:
-    """Resolve the dataset, apply limit and static binarization, and hold out validation images
-    (seeded by train.seed): (training images, validation images or None)."""
+def _splits(config: _RunSettings) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
+    """(training, validation, test images) of a run. A folder's files are placed by a hash of
+    their names (test by a fixed salt, validation by one seeded by train.seed), so a file added
+    later moves no other file between splits; other sets get the seeded random validation split
+    and no test split (a named dataset has its own)."""
     from latentspace.data import resolve
 
-    data = config.data
-    images = resolve(data.dataset, size=data.size, channels=data.channels, strict=data.strict)
+    data, seed = config.data, config.train.seed
+    images = resolve(
+        data.dataset, size=data.size, channels=data.channels, strict=data.strict, crop=data.crop
+    )
+    test = None
+    if images.names is not None:
+        images, test = images.split_by_name(data.test_fraction, "test", least=3)
     if data.limit is not None:
         images = images.head(data.limit)
     if data.binarize == "static":
-        images = dataclasses.replace(
-            images, images=binarize_static(images.images, config.train.seed)
-        )
-    return images.split(data.val_fraction, config.train.seed)
+        images = dataclasses.replace(images, images=binarize_static(images.images, seed))
+    if images.names is not None:
+        train, val = images.split_by_name(data.val_fraction, f"validation {seed}")
+    else:
+        train, val = images.split(data.val_fraction, seed)
+    return _augmented(train, data, training=True), _augmented(val, data), _augmented(test, data)
+
+
+@overload
+def _augmented(images: ImageSet, data: DataConfig, training: bool = False) -> ImageSet: ...
+@overload
+def _augmented(images: None, data: DataConfig, training: bool = False) -> None: ...
+def _augmented(
+    images: ImageSet | None, data: DataConfig, training: bool = False
+) -> ImageSet | None:
+    """`images` as data.crop and data.flip show them: training images cut and mirrored at random
+    by their batches, the others centre-cropped. In-memory images without either stay a tensor."""
+    if images is None or (data.crop is None and not (training and data.flip)):
+        return images
+    pixels = images.images
+    if data.crop is not None:
+        check_crop(pixels, data.crop, images.names)
+    if not isinstance(pixels, Images):
+        pixels = Images(TensorRecords(pixels), pixels.shape[1], crop=data.crop)
+    pixels = Images(
+        pixels.records,
+        pixels.channels,
+        rows=pixels.rows,
+        crop=data.crop,
+        flip=data.flip,
+        augments=training,
+    )
+    return dataclasses.replace(images, images=pixels)
+
+
+def prepare_data(config: _RunSettings) -> tuple[ImageSet, ImageSet | None]:
+    """Resolve the dataset, hold out a folder's test images, apply limit and static
+    binarization, and hold out validation images (seeded by train.seed): (training images,
+    validation images or None). See `_splits`."""
+    train, val, _ = _splits(config)
+    return train, val
 
 
 @dataclasses.dataclass(frozen=True)
 class HeldOut:
     """Images a run never trained on, and the images it trained on, as they are (grey).
 
-    `images` is a registered dataset's test split, else the run's validation images, else None
-    (a run with data.val_fraction = 0). `train` is the whole training split of a registered
-    dataset, else the run's own training images."""
+    `images` is a registered dataset's test split, else a folder's test split (data.test_fraction
+    of its files, by a hash of each name), else the run's validation images, else None. `train`
+    is the whole training split of a registered dataset, else the run's own training images."""
 
     images: ImageSet | None
     train: ImageSet
@@ -94,7 +139,9 @@ def held_out(config: _RunSettings) -> HeldOut:
     name = named_dataset(config.data.dataset)
     if name is not None:
         return HeldOut(resolve(f"{name}:test"), resolve(f"{name}:train"), f"{name}:test", "test")
-    train, val = prepare_data(config)
+    train, val, test = _splits(config)
+    if test is not None:
+        return HeldOut(test, train, f"{config.data.dataset} (the run's test images)", "test")
     return HeldOut(val, train, f"{config.data.dataset} (the run's held-out images)", "val")
 
 
