@@ -34,6 +34,7 @@ from latentspace.config import (
 )
 from latentspace.data import ImageSet, resolve
 from latentspace.errors import LatentspaceError
+from latentspace.journal import compress, decompress
 from latentspace.models import (
     GAN,
     MODELS,
@@ -113,6 +114,8 @@ __all__ = [
     "VAEConfig",
     "__version__",
     "apply_overrides",
+    "compress",
+    "decompress",
     "default_config",
     "load",
     "load_config",

@@ -12,6 +12,7 @@ from torch import nn
 from latentspace.errors import ConfigError
 from latentspace.models.autoencoder import AEConfig, AutoEncoder
 from latentspace.models.base import GenerativeModel
+from latentspace.models.fsq import FSQ
 from latentspace.models.gan import GAN, GANConfig
 from latentspace.models.layers import NetworkConfig
 from latentspace.models.networks import NETWORKS, register_network
@@ -43,6 +44,7 @@ MODELS: dict[str, type[GenerativeModel]] = {
     "gan": GAN,
     "sentence_vae": SentenceVAE,
     "lm": LanguageModel,
+    "fsq": FSQ,
 }
 DEFAULT_MODEL = "vae"  # the family a config without model.name trains
 

@@ -1,0 +1,268 @@
+"""The journal's rate-distortion against the codecs people use, on held-out images.
+
+Fashion-MNIST part: trains (or reuses) a learned codec run on the training split, then on the
+test split prints, for each of its quality levels and for JPEG / WebP / PNG (Pillow) across
+their quality settings: bytes per image as whole files (an album's bytes divided by its images;
+a JPEG or WebP file each) and, beside them, the payload alone (the album without its header and
+index; JPEG's scan data; WebP's VP8 bitstream; PNG's IDAT data), against SSIM and PSNR. Then
+the bytes each codec needs at SSIM 0.90 (each curve interpolated), the decoder's size spread over
+the test images, compress and decompress images/s (one thread), and how many images decode to
+the same pixels in a new process with two threads.
+
+    .venv/bin/python bench/journal.py                 # full: trains ~MINUTES, all 10000 images
+    .venv/bin/python bench/journal.py --quick         # a few minutes: small run, 500 images
+    .venv/bin/python bench/journal.py --run RUN       # measure a trained run
+
+Training runs are cached under runs/bench-journal-* (ignored by git) and reused when their
+config matches. The colour-photo part (`--photos`) is not written yet: it says so and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import latentspace as ls
+from latentspace.journal import decode_album, encode_album, open_codec
+from latentspace.runs import committed_epoch, weights_sha256
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_SSIM = 0.90
+# the codec trained by the full bench: a 7x7 map of 3 channels for 28x28 images, four rates
+FULL = [
+    "model.latent_dim=3",
+    "model.width=32",
+    "model.levels=9",
+    "model.lambdas=0.03,0.012,0.005,0.002",
+    "train.lr=0.002",
+    "train.batch_size=32",
+    "train.schedule=cosine",
+    "train.min_lr=0.0002",
+    "data.val_fraction=0.02",
+]
+
+
+def train_codec(epochs: int, limit: int | None, threads: int) -> Path:
+    """A cached run of the codec on Fashion-MNIST's training split."""
+    config = ls.default_config("fsq", dataset="fashion-mnist", epochs=epochs, device="cpu")
+    extra = [f"train.threads={threads}"] + ([f"data.limit={limit}"] if limit else [])
+    config = ls.apply_overrides(config, [*FULL, *extra])
+    key = hashlib.sha256(json.dumps([FULL, epochs, limit]).encode()).hexdigest()[:8]
+    out = ROOT / "runs" / f"bench-journal-fmnist-{key}"
+    if committed_epoch(out) == epochs:
+        print(f"reusing {out}")
+        return out
+    started = time.perf_counter()
+    resume = committed_epoch(out) is not None
+    ls.train(config, out, resume=resume, quiet=True, diagnostics=False, report=False)
+    print(f"trained {out} in {(time.perf_counter() - started) / 60:.1f} min ({epochs} epochs)")
+    return out
+
+
+def ssim_psnr(original: np.ndarray, decoded: np.ndarray) -> tuple[float, float]:
+    """Mean SSIM (scikit-image's default 7x7 window, data range 255) and PSNR over images
+    (N, H, W) uint8."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    ssims = [
+        structural_similarity(a, b, data_range=255) for a, b in zip(original, decoded, strict=True)
+    ]
+    psnrs = [
+        peak_signal_noise_ratio(a, b, data_range=255) if not np.array_equal(a, b) else 100.0
+        for a, b in zip(original, decoded, strict=True)
+    ]
+    return float(np.mean(ssims)), float(np.mean(psnrs))
+
+
+# ---- the usual codecs ------------------------------------------------------------------------------
+def _jpeg_payload(data: bytes) -> int:
+    """Bytes of JPEG's entropy-coded scan: after the start-of-scan segment, before EOI."""
+    sos = data.find(b"\xff\xda")
+    length = int.from_bytes(data[sos + 2 : sos + 4], "big")
+    return len(data) - (sos + 2 + length) - 2
+
+
+def _png_payload(data: bytes) -> int:
+    """Bytes of PNG's IDAT chunks' data."""
+    at, total = 8, 0
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        if data[at + 4 : at + 8] == b"IDAT":
+            total += length
+        at += 12 + length
+    return total
+
+
+def _encode(kind: str, image: np.ndarray, quality: int) -> tuple[bytes, int]:
+    buffer = io.BytesIO()
+    picture = Image.fromarray(image)
+    if kind == "JPEG":
+        picture.save(buffer, "JPEG", quality=quality, optimize=True)
+    elif kind == "WebP":
+        picture.save(buffer, "WEBP", quality=quality, method=6)
+    else:
+        picture.save(buffer, "PNG", optimize=True)
+    data = buffer.getvalue()
+    payload = {"JPEG": _jpeg_payload, "PNG": _png_payload}.get(kind, lambda d: len(d) - 20)(data)
+    return data, payload
+
+
+def codec_curve(kind: str, images: np.ndarray, qualities: list[int]) -> list[dict[str, float]]:
+    rows = []
+    for quality in qualities:
+        sizes, payloads, decoded = [], [], []
+        for image in images:
+            data, payload = _encode(kind, image, quality)
+            sizes.append(len(data))
+            payloads.append(payload)
+            decoded.append(np.asarray(Image.open(io.BytesIO(data)).convert("L")))
+        ssim, psnr = ssim_psnr(images, np.stack(decoded))
+        rows.append(
+            {
+                "codec": kind,
+                "setting": quality,
+                "bytes": float(np.mean(sizes)),
+                "payload": float(np.mean(payloads)),
+                "ssim": ssim,
+                "psnr": psnr,
+            }
+        )
+    return rows
+
+
+def bytes_at(rows: list[dict[str, float]], target: float) -> float | None:
+    """Bytes per image at SSIM `target`, interpolated linearly in (SSIM, log bytes) between the
+    two settings around it; None when the curve does not reach it."""
+    points = sorted((r["ssim"], np.log(r["bytes"])) for r in rows)
+    for (s0, b0), (s1, b1) in itertools.pairwise(points):
+        if s0 <= target <= s1 and s1 > s0:
+            return float(np.exp(b0 + (b1 - b0) * (target - s0) / (s1 - s0)))
+    return None
+
+
+# ---- the journal ----------------------------------------------------------------------------------
+def journal_curve(run: Path, images: np.ndarray) -> tuple[list[dict[str, float]], bytes]:
+    """Rows per quality level (timed on one thread) and the highest quality's album bytes."""
+    torch.set_num_threads(1)
+    _, model = open_codec(run)
+    weights = weights_sha256(run)
+    tensors = [torch.from_numpy(i[None]) for i in images]
+    rows, album = [], b""
+    for quality in range(1, model.quality_levels + 1):
+        started = time.perf_counter()
+        album = encode_album(model, tensors, quality, weights=weights)
+        compress_s = time.perf_counter() - started
+        started = time.perf_counter()
+        decoded = decode_album(album, model, weights=weights, name="bench")
+        decompress_s = time.perf_counter() - started
+        pixels = np.stack([i[0] for i in decoded.images if i is not None])
+        ssim, psnr = ssim_psnr(images, pixels)
+        payload = sum(len(e.payload) for e in decoded.album.entries)
+        rows.append(
+            {
+                "codec": "latentspace",
+                "setting": quality,
+                "bytes": len(album) / len(images),
+                "payload": payload / len(images),
+                "ssim": ssim,
+                "psnr": psnr,
+                "compress_per_s": len(images) / compress_s,
+                "decompress_per_s": len(images) / decompress_s,
+            }
+        )
+    return rows, album
+
+
+_CHILD = """
+import sys, numpy as np, torch
+torch.set_num_threads(2)
+from latentspace.journal import decode_album, open_codec
+from latentspace.runs import weights_sha256
+run, album, out = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3]
+decoded = decode_album(album, open_codec(run)[1], weights=weights_sha256(run), name="child")
+np.save(out, np.stack(decoded.images))
+"""
+
+
+def bit_exact_share(run: Path, album: bytes) -> float:
+    """The share of the album's images whose pixels a new process on two threads decodes exactly
+    as this one does on one."""
+    torch.set_num_threads(1)
+    _, model = open_codec(run)
+    here = np.stack(decode_album(album, model, weights=weights_sha256(run), name="here").images)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "a.lsj").write_bytes(album)
+        out = Path(tmp) / "there.npy"
+        subprocess.run(
+            [sys.executable, "-c", _CHILD, str(run), str(Path(tmp) / "a.lsj"), str(out)], check=True
+        )
+        there = np.load(out, allow_pickle=False)
+    same = [np.array_equal(a, b) for a, b in zip(here, there, strict=True)]
+    return float(np.mean(same))
+
+
+def print_table(rows: list[dict[str, float]]) -> None:
+    print(f"{'codec':12} {'setting':>7} {'bytes/img':>10} {'payload':>9} {'SSIM':>7} {'PSNR':>6}")
+    for r in rows:
+        print(
+            f"{r['codec']:12} {r['setting']:>7} {r['bytes']:10.1f} {r['payload']:9.1f} "
+            f"{r['ssim']:7.4f} {r['psnr']:6.2f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small run and 500 test images")
+    parser.add_argument("--run", type=Path, help="measure this trained run instead of training")
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs (full bench)")
+    parser.add_argument("--threads", type=int, default=2, help="training threads")
+    parser.add_argument("--photos", action="store_true", help="the colour-photo part (not yet)")
+    args = parser.parse_args()
+    if args.photos:
+        print("the colour-photo part of this bench is not written yet (see docs/journal.md)")
+        sys.exit(2)
+    print(
+        f"load average {__import__('os').getloadavg()[0]:.1f} on {__import__('os').cpu_count()} cores"
+    )
+    n = 500 if args.quick else None
+    run = args.run or train_codec(
+        2 if args.quick else args.epochs, 4000 if args.quick else None, args.threads
+    )
+    test = ls.resolve("fashion-mnist:test").images[:n, 0].numpy()
+    ours, album = journal_curve(run, test)
+    rows = list(ours)
+    rows += codec_curve("JPEG", test, [5, 10, 20, 30, 50, 70, 90])
+    rows += codec_curve("WebP", test, [0, 5, 10, 20, 40, 60, 80, 95])
+    rows += codec_curve("PNG", test, [0])
+    print(f"Fashion-MNIST test, {len(test)} images, run {run}")
+    print_table(rows)
+    print(f"bytes per image at SSIM {TARGET_SSIM:.2f} (interpolated):")
+    for kind in ("latentspace", "JPEG", "WebP"):
+        found = bytes_at([r for r in rows if r["codec"] == kind], TARGET_SSIM)
+        print(f"  {kind:12} {'not reached' if found is None else f'{found:.1f}'}")
+    decoder = sum(v.numel() * v.element_size() for v in open_codec(run)[1].state_dict().values())
+    print(f"model weights {decoder / 1e3:.0f} kB = {decoder / len(test):.1f} bytes per test image")
+    best = ours[-1]
+    print(
+        f"one thread: compress {best['compress_per_s']:.0f} images/s, decompress "
+        f"{best['decompress_per_s']:.0f} images/s (target >= 1000)"
+    )
+    print(
+        f"bit-exact in a new process on 2 threads: {100 * bit_exact_share(run, album):.1f}% of images"
+    )
+
+
+if __name__ == "__main__":
+    main()

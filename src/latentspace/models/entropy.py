@@ -1,0 +1,128 @@
+"""Finite scalar quantisation with a step size per quality level, and the learned entropy model
+over its symbols: the parts of a learned codec that sit between an encoder and a decoder.
+
+Quantisation follows FSQ (Mentzer et al. 2023): each code channel is bounded with tanh and
+rounded, with a straight-through gradient. One model serves several rates as Cui et al. 2021's
+gain units do: quality level q scales the bounded value by its own learned step count s[q, c]
+(so a channel takes at most 2 round(s) + 1 of the `levels` symbols) and the decoder sees the
+symbol divided by s again. A low quality uses few, coarse levels; a high one, all of them.
+
+The entropy model is a factorised prior (Balle et al. 2017): one categorical distribution over
+the symbols of each (quality, channel), shared by every position of the code map, so it holds for
+images of any size. Its rate is exact at the symbols and, for the encoder's gradient, linearly
+interpolated between the two symbols around the continuous value: the encoder learns which
+values are cheap, the prior learns the symbols' frequencies (a cross-entropy).
+
+For coding, the prior's probabilities become integer frequency tables (`PRECISION` bits, every
+symbol at least 1) kept as a buffer and saved with the run, so an entropy coder in any process
+reads the same numbers, whatever torch computes on that machine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PRECISION", "FactorisedPrior", "StepQuantiser", "integer_frequencies"]
+
+PRECISION = 16  # bits of the integer frequency tables: each row sums to 2**PRECISION
+
+
+def integer_frequencies(logits: torch.Tensor, precision: int = PRECISION) -> torch.Tensor:
+    """logits (..., A) -> int32 frequencies (..., A), each >= 1, each row summing to
+    2**precision: floor(p * (2**precision - A)) + 1, the rounding remainder given to the most
+    likely symbol. Computed in float64 so the table barely depends on float rounding."""
+    symbols = logits.shape[-1]
+    total = 2**precision
+    probabilities = torch.softmax(logits.detach().double(), dim=-1)
+    frequencies = torch.floor(probabilities * (total - symbols)).long() + 1
+    remainder = total - frequencies.sum(-1, keepdim=True)
+    top = probabilities.argmax(-1, keepdim=True)
+    frequencies.scatter_add_(-1, top, remainder)
+    return frequencies.int()
+
+
+class StepQuantiser(nn.Module):
+    """y (B, C, h, w) -> symbols in {0..levels-1} and their dequantised values, at a quality
+    level per image. steps[q, c] lies in (0.5, half]: half = (levels - 1) / 2 symbols either side
+    of the middle one."""
+
+    def __init__(self, qualities: int, channels: int, levels: int) -> None:
+        super().__init__()
+        self.middle = (levels - 1) // 2
+        # the lowest quality starts with ~1 step either side of zero, the highest with all
+        start = torch.linspace(1.0, self.middle - 0.05, qualities) if qualities > 1 else None
+        start = start if start is not None else torch.tensor([self.middle - 0.05])
+        fraction = ((start - 0.5) / (self.middle - 0.5)).clamp(0.02, 0.98)
+        raw = torch.logit(fraction)[:, None].repeat(1, channels)
+        self.raw_steps = nn.Parameter(raw)  # (Q, C), squashed by `steps`
+
+    def steps(self, quality: torch.Tensor) -> torch.Tensor:
+        """quality (B,) long -> steps (B, C, 1, 1), each in (0.5, half)."""
+        squashed = torch.sigmoid(self.raw_steps[quality])
+        return (0.5 + (self.middle - 0.5) * squashed)[:, :, None, None]
+
+    def forward(
+        self, y: torch.Tensor, quality: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """y (B, C, h, w), quality (B,) -> (decoder input (B, C, h, w) with a straight-through
+        gradient, continuous symbol coordinate in [0, levels - 1] (for the rate's gradient),
+        symbols (B, C, h, w) long)."""
+        steps = self.steps(quality)
+        bounded = torch.tanh(y) * steps  # |bounded| < steps <= half: never beyond the alphabet
+        rounded = torch.round(bounded)
+        straight = bounded + (rounded - bounded).detach()
+        symbols = (rounded.detach() + self.middle).long()
+        return straight / steps, bounded + self.middle, symbols
+
+    def dequantise(self, symbols: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        """symbols (B, C, h, w) long -> the decoder's input (B, C, h, w)."""
+        return (symbols.float() - self.middle) / self.steps(quality)
+
+
+class FactorisedPrior(nn.Module):
+    """One categorical over `levels` symbols per (quality, channel); `frequencies` (Q, C, A)
+    int32 is its integer table for entropy coding (see `refresh`)."""
+
+    frequencies: torch.Tensor
+
+    def __init__(self, qualities: int, channels: int, levels: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(qualities, channels, levels))
+        self.register_buffer("frequencies", integer_frequencies(self.logits))
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute the integer tables from the current logits (after each training step, so
+        the saved tables are always those of the saved logits)."""
+        self.frequencies.copy_(integer_frequencies(self.logits))
+
+    def rate(
+        self, coordinate: torch.Tensor, symbols: torch.Tensor, quality: torch.Tensor
+    ) -> torch.Tensor:
+        """Bits per image (B,) of `symbols` (B, C, h, w): exact in value; the gradient reaches
+        the logits through the exact code lengths and the encoder through `coordinate` (the
+        continuous position between two symbols), by linear interpolation of the lengths."""
+        bits = -F.log_softmax(self.logits[quality].float(), dim=-1) / math.log(2)  # (B, C, A)
+        flat_symbols = symbols.flatten(2)  # (B, C, h*w)
+        exact = bits.gather(2, flat_symbols)
+        fixed = bits.detach()
+        position = coordinate.flatten(2).clamp(0, bits.shape[-1] - 1)
+        below = position.detach().floor().clamp(max=bits.shape[-1] - 2).long()
+        share = position - below
+        between = (1 - share) * fixed.gather(2, below) + share * fixed.gather(2, below + 1)
+        return (exact + between - between.detach()).flatten(1).sum(1)
+
+    def sample(
+        self, quality: int, shape: tuple[int, int, int, int], generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Symbols (n, C, h, w) drawn from the prior of `quality` (0-based)."""
+        n, channels, height, width = shape
+        probabilities = torch.softmax(self.logits[quality].detach().float().cpu(), dim=-1)
+        draws = torch.multinomial(
+            probabilities, n * height * width, replacement=True, generator=generator
+        )  # (C, n*h*w)
+        return draws.view(channels, n, height, width).transpose(0, 1).contiguous()

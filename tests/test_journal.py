@@ -1,0 +1,306 @@
+"""The journal: albums compressed by a learned codec round-trip bit-exactly (in a new process, on
+other threads), keep their images' names, and every hostile album is one line and a non-zero
+exit, with every undamaged image still written."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+from PIL import Image
+
+import latentspace as ls
+from conftest import make_images
+from latentspace.cli import main
+from latentspace.journal import FORMAT_VERSION, AlbumError, decode_album, encode_album
+from latentspace.journal.coding import SymbolCoder
+from latentspace.journal.container import MAGIC, Album, Entry, pack, unpack
+from latentspace.models import MODELS
+from latentspace.models.entropy import PRECISION, FactorisedPrior, integer_frequencies
+from latentspace.runs import WEIGHTS, weights_sha256
+
+CODEC = next(name for name, cls in MODELS.items() if hasattr(cls, "to_symbols"))
+
+
+def _train(out: Path, data: Path) -> Path:
+    config = ls.default_config(
+        CODEC, dataset=str(data), epochs=12, batch_size=16, latent_dim=2, device="cpu"
+    )
+    overrides = ["model.width=8", "model.levels=7", "model.lambdas=0.05,0.005", "train.lr=0.005"]
+    ls.train(
+        ls.apply_overrides(config, overrides), out, quiet=True, report=False, diagnostics=False
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def codec_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A codec trained 2 epochs on 64 generated 16x16 images (about a second)."""
+    folder = tmp_path_factory.mktemp("codec")
+    np.savez(folder / "tiny.npz", images=make_images(64, size=16))
+    return _train(folder / "run", folder / "tiny.npz")
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five pictures of the training size, one of another size, one in a sub-folder."""
+    folder = tmp_path_factory.mktemp("pictures")
+    for i, image in enumerate(make_images(5, size=16, seed=3)):
+        Image.fromarray(image).save(folder / f"pic{i}.png")
+    Image.fromarray(make_images(1, size=23, seed=4)[0]).save(folder / "odd size.png")
+    (folder / "inner").mkdir()
+    Image.fromarray(make_images(1, size=16, seed=5)[0]).save(folder / "inner" / "deep.jpg")
+    return folder
+
+
+def _pixels(folder: Path) -> dict[str, np.ndarray]:
+    return {
+        p.relative_to(folder).as_posix(): np.asarray(Image.open(p))
+        for p in sorted(folder.rglob("*.png"))
+    }
+
+
+def _one_line(capsys: pytest.CaptureFixture[str], *parts: str) -> str:
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error, error
+    for part in parts:
+        assert part in error, f"{part!r} not in {error!r}"
+    return error
+
+
+# ---- the model's side: rate, tables ---------------------------------------------------------------
+def test_rate_is_the_code_length_under_the_prior_and_reaches_the_encoder() -> None:
+    """Oracle: the rate is -sum log2 p(symbol) under torch.distributions.Categorical; its gradient
+    reaches the continuous coordinates (the encoder) and the logits."""
+    torch.manual_seed(0)
+    prior = FactorisedPrior(qualities=2, channels=3, levels=5)
+    with torch.no_grad():
+        prior.logits.normal_()
+    coordinate = (torch.rand(4, 3, 2, 2) * 4).requires_grad_()
+    symbols = coordinate.detach().round().long()
+    quality = torch.tensor([0, 1, 0, 1])
+    rate = prior.rate(coordinate, symbols, quality)
+    expected = torch.stack(
+        [
+            -torch.distributions.Categorical(logits=prior.logits[q])
+            .log_prob(symbols[i].flatten(1).T)
+            .sum()
+            / math.log(2)
+            for i, q in enumerate(quality.tolist())
+        ]
+    )
+    assert torch.allclose(rate, expected, atol=1e-4)
+    rate.sum().backward()
+    assert coordinate.grad is not None and bool(coordinate.grad.abs().sum() > 0)
+    assert prior.logits.grad is not None and bool(prior.logits.grad.abs().sum() > 0)
+
+
+def test_integer_tables_are_positive_and_sum_to_the_precision() -> None:
+    logits = torch.tensor([[0.0, 50.0, -50.0, 1.0, 2.0], [0.0] * 5])
+    table = integer_frequencies(logits)
+    assert table.dtype == torch.int32 and bool((table >= 1).all())
+    assert table.sum(-1).tolist() == [2**PRECISION] * 2
+    assert table[0, 2] == 1 and table[0, 1] > 60_000, "a near-impossible symbol keeps 1"
+
+
+def test_the_saved_tables_are_those_that_code(codec_run: Path) -> None:
+    model = ls.load(codec_run)
+    saved = safetensors.torch.load_file(str(codec_run / WEIGHTS))
+    tables = [v for k, v in saved.items() if v.dtype == torch.int32]
+    assert len(tables) == 1, "one integer table tensor in the weights file"
+    for quality in (1, 2):
+        assert np.array_equal(model.frequency_table(quality), tables[0][quality - 1].numpy())
+
+
+def test_payload_is_close_to_the_ideal_code_length(codec_run: Path) -> None:
+    model = ls.load(codec_run)
+    table = model.frequency_table(2)
+    symbols = np.random.default_rng(0).integers(0, table.shape[1], size=(2, 5, 7))
+    payload = SymbolCoder(table).encode(symbols)
+    ideal = -sum(np.log2(table[c, symbols[c]] / 2**PRECISION).sum() for c in range(len(symbols)))
+    assert len(payload) * 8 <= ideal + 40, "ANS costs at most about a word over the ideal"
+    assert np.array_equal(SymbolCoder(table).decode(payload, symbols.shape), symbols)
+
+
+# ---- round trips -------------------------------------------------------------------------------
+def test_round_trip_is_bit_exact_in_a_new_process_on_other_threads(
+    codec_run: Path, pictures: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    album = tmp_path / "album.lsj"
+    assert main(["compress", str(codec_run), str(pictures), "--out", str(album)]) == 0
+    assert "compressed 7 images" in capsys.readouterr().out
+    here = tmp_path / "here"
+    assert main(["decompress", str(album), "--out", str(here), "--threads", "1"]) == 0
+    there = tmp_path / "there"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "latentspace",
+            "decompress",
+            str(album),
+            "--out",
+            str(there),
+            "--threads",
+            "2",
+        ],
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    mine, theirs = _pixels(here), _pixels(there)
+    assert sorted(mine) == ["inner/deep.png", "odd size.png", *[f"pic{i}.png" for i in range(5)]]
+    assert all(np.array_equal(mine[k], theirs[k]) for k in mine), "the same pixels"
+    assert mine["odd size.png"].shape == (23, 23), "an image of another size keeps its size"
+    original = np.asarray(Image.open(pictures / "pic0.png")).astype(float)
+    assert np.abs(mine["pic0.png"] - original).mean() < 40, "a recognisable picture comes back"
+
+
+def test_python_api_and_quality_levels(codec_run: Path, pictures: Path, tmp_path: Path) -> None:
+    low = ls.compress(codec_run, [pictures], tmp_path / "low.lsj", quality=1)
+    high = ls.compress(codec_run, [pictures], tmp_path / "high.lsj", quality=2)
+    assert (low.quality, high.quality) == (1, 2) and low.images == 7
+    assert low.payload_bytes < low.bytes == (tmp_path / "low.lsj").stat().st_size
+    # --bytes: the highest quality within the budget; none within it is an error
+    budget = ls.compress(codec_run, [pictures], tmp_path / "b.lsj", bytes_per_image=low.bytes / 7)
+    assert budget.quality == (2 if high.bytes <= low.bytes else 1)
+    with pytest.raises(ls.LatentspaceError, match="even quality 1 takes"):
+        ls.compress(codec_run, [pictures], tmp_path / "none.lsj", bytes_per_image=1)
+    written = ls.decompress(tmp_path / "low.lsj", tmp_path / "out")
+    assert len(written) == 7 and all(p.exists() for p in written)
+
+
+# ---- hostile albums ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def album_bytes(codec_run: Path, pictures: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("album") / "album.lsj"
+    ls.compress(codec_run, [pictures], path)
+    return path.read_bytes()
+
+
+def _other_weights(run: Path, out: Path) -> Path:
+    """A copy of `run` with one weight changed: another model of the same shape."""
+    shutil.copytree(run, out)
+    with safetensors.safe_open(str(out / WEIGHTS), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = safetensors.torch.load_file(str(out / WEIGHTS))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = tensors[name] + 1e-3
+    safetensors.torch.save_file(tensors, str(out / WEIGHTS), metadata=metadata)
+    return out
+
+
+def _decompress(data: bytes, tmp_path: Path, *extra: str) -> tuple[int, Path]:
+    album, out = tmp_path / "bad.lsj", tmp_path / "out"
+    album.write_bytes(data)
+    return main(["decompress", str(album), "--out", str(out), *extra]), out
+
+
+def test_a_truncated_album_names_the_cut_image_and_writes_the_others(
+    album_bytes: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = _decompress(album_bytes[:-3], tmp_path)
+    assert code == 1
+    _one_line(capsys, "image 7 (pic4.png) is truncated", "the other 6 images were written")
+    assert len(_pixels(out)) == 6
+    code, _ = _decompress(album_bytes[:30], tmp_path)
+    assert code == 1
+    _one_line(capsys, "bad.lsj is truncated")
+
+
+def test_flipped_bits_name_the_damaged_image(
+    codec_run: Path, album_bytes: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    album = unpack(album_bytes, "album")
+    first_payload = len(album_bytes) - sum(len(e.payload) for e in album.entries)
+    damaged = bytearray(album_bytes)
+    damaged[first_payload] ^= 0x10  # inside image 1's payload
+    code, out = _decompress(bytes(damaged), tmp_path)
+    assert code == 1
+    _one_line(capsys, "image 1 (inner/deep.jpg) is damaged", "the other 6 images were written")
+    assert len(_pixels(out)) == 6
+    damaged = bytearray(album_bytes)
+    damaged[first_payload - 1] ^= 0x01  # inside the index
+    assert _decompress(bytes(damaged), tmp_path)[0] == 1
+    _one_line(capsys, "its header or index is damaged")
+
+
+def test_a_wrong_model_a_future_version_and_no_codec_are_refused(
+    codec_run: Path,
+    album_bytes: bytes,
+    tmp_path: Path,
+    tiny_run: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    other = _other_weights(codec_run, tmp_path / "other")
+    code, _ = _decompress(album_bytes, tmp_path, "--run", str(other))
+    assert code == 1
+    _one_line(capsys, weights_sha256(codec_run), weights_sha256(other))
+    future = bytearray(album_bytes)
+    future[len(MAGIC)] = FORMAT_VERSION + 1
+    assert _decompress(bytes(future), tmp_path)[0] == 1
+    _one_line(capsys, f"format version {FORMAT_VERSION + 1}", "upgrade latentspace")
+    assert _decompress(b"PK\x03\x04 not an album", tmp_path)[0] == 1
+    _one_line(capsys, "not a latentspace album")
+    assert main(["compress", str(tiny_run), str(tmp_path), "--out", "x.lsj"]) == 1
+    _one_line(capsys, "no entropy model to compress with", CODEC)
+
+
+def test_images_beyond_the_models_limits_and_unsafe_names(
+    codec_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    huge = tmp_path / "huge.png"
+    Image.new("L", (8200, 4)).save(huge)
+    assert main(["compress", str(codec_run), str(huge), "--out", str(tmp_path / "h.lsj")]) == 1
+    _one_line(capsys, "8200", "larger than this model codes")
+    model = ls.load(codec_run)
+    weights = weights_sha256(codec_run)
+    good = encode_album(
+        model,
+        [torch.from_numpy(make_images(1, size=16)[:, None][0])],
+        2,
+        weights=weights,
+        run_path=str(codec_run),
+        names=["fine.png"],
+    )
+    entry = unpack(good, "good").entries[0]
+    hostile = Album(
+        weights,
+        2,
+        1,
+        str(codec_run),
+        [
+            entry,
+            Entry(100_000, 5, "vast.png", entry.payload),
+            Entry(16, 16, "../escape.png", entry.payload),
+        ],
+    )
+    code, out = _decompress(pack(hostile), tmp_path)
+    assert code == 1
+    _one_line(capsys, "image 2 (vast.png)", "100000x5", "image 3 has an unsafe name")
+    assert [p.name for p in out.rglob("*.png")] == ["fine.png"]
+    assert not (tmp_path / "escape.png").exists()
+
+
+def test_decode_album_keeps_names_and_reports_problems_in_memory(codec_run: Path) -> None:
+    model = ls.load(codec_run)
+    weights = weights_sha256(codec_run)
+    images = [torch.from_numpy(a[None]) for a in make_images(3, size=16, seed=7)]
+    data = encode_album(model, images, 1, weights=weights, names=["a.png", "b.png", "c.png"])
+    decoded = decode_album(data, model, weights=weights, name="mem")
+    assert decoded.names == ["a.png", "b.png", "c.png"] and not decoded.problems
+    assert all(i is not None and i.shape == (1, 16, 16) for i in decoded.images)
+    cut = decode_album(data[:-1], model, weights=weights, name="mem")
+    assert list(cut.problems) == [2] and cut.images[2] is None and cut.images[0] is not None
+    with pytest.raises(AlbumError, match="SHA-256"):
+        decode_album(data, model, weights="0" * 64, name="mem")
+    assert struct.unpack("<B", data[4:5])[0] == FORMAT_VERSION
