@@ -49,14 +49,14 @@ from latentspace.diagnostics import (
     find_layers,
     read_diagnostics,
 )
-from latentspace.diagnostics.rules import replay
+from latentspace.diagnostics.entries import replay
 from latentspace.errors import TrainingDiverged
 from latentspace.runs import read_metrics
 from latentspace.train import train
 
 HEALTHY = "healthy"
-# the cause each warning names (a warning key's part before ":"); the GAN's own warnings and the
-# trainer's divergence stop are matched by their words
+# the cause each warning names (a warning key's part before ":"); a stop on a NaN loss is matched
+# by its words
 CAUSE_OF_KEY = {
     "update_high": "lr_high",
     "loss_spike": "lr_high",
@@ -70,13 +70,11 @@ CAUSE_OF_KEY = {
     "overfitting": "overfitting",
     "gap": "overfitting",
     "posterior_collapse": "posterior_collapse",
-    "nan_stop": "lr_high",  # the trainer stops on a NaN loss: "try a lower learning rate"
-    "nan_stop_clip": "exploding",  # ... "or clip gradients"
+    "d_wins": "d_wins",
+    "mode_collapse": "mode_collapse",
+    "nan_stop": "lr_high",  # every stop on a NaN loss says: a lower learning rate
+    "nan_stop_exploding": "exploding",  # ... and names "exploding gradients" on their evidence
 }
-MODEL_WARNINGS = (  # (words in the text, key, cause)
-    ("discriminator wins", "d_wins", "d_wins"),
-    ("generator may be collapsing", "mode_collapse", "mode_collapse"),
-)
 # warnings that are true consequences of a fault and whose advice does not mislead: a rate far
 # too high kills ReLUs and makes gradients explode; exploding gradients are also cured by a lower
 # rate. They are neither counted as the right cause nor as a confusion.
@@ -101,6 +99,8 @@ GRIDS: dict[str, Sequence[float]] = {
     "collapse": (0.0, 0.05, 0.1, 0.2, 0.3, 0.5),
     "collapse_steps": (0, 50, 100, 150, 200, 300, 400, 800),
     "diverged": (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+    "diversity": (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4),
+    "diversity_epochs": (1, 2, 3, 4, 5),
 }
 
 
@@ -465,17 +465,12 @@ def warnings_of(records: Records, thresholds: Thresholds) -> dict[str, str]:
         said[kind] = CAUSE_OF_KEY[kind]
     texts = {w for d in records.diagnostics for w in d.get("warnings", [])}
     for record in records.metrics:
-        for text in record.get("warnings", []):
-            if text in texts:
-                continue  # a diagnostics warning: replayed above
-            key, cause = next(
-                ((k, c) for words, k, c in MODEL_WARNINGS if words in text), ("other", "other")
-            )
-            said[key] = cause
-    if records.stopped:  # the trainer's stop on a NaN loss: a lower rate, maybe clipping
+        if any(text not in texts for text in record.get("warnings", [])):
+            said["other"] = "other"  # a family's own epoch_warnings: none is expected
+    if records.stopped:  # the stop on a NaN loss: a lower rate, and the cause when it is known
         said["nan_stop"] = CAUSE_OF_KEY["nan_stop"]
-        if "clip gradients" in records.stopped:
-            said["nan_stop_clip"] = CAUSE_OF_KEY["nan_stop_clip"]
+        if "exploding gradients" in records.stopped:
+            said["nan_stop_exploding"] = CAUSE_OF_KEY["nan_stop_exploding"]
     return said
 
 
@@ -577,10 +572,10 @@ def split(cases: Sequence[Case], seed: int) -> tuple[list[Case], list[Case]]:
 # ---- printing ---------------------------------------------------------------------------------
 def source_of(key: str) -> str:
     """Which module words the warning."""
-    if key in {k for _, k, _ in MODEL_WARNINGS}:
-        return "the GAN's own warnings (models/gan.py)"
+    if key == "other":
+        return "a family's own epoch_warnings (models/)"
     if key.startswith("nan_stop"):
-        return "the trainer's NaN stop (train.py)"
+        return "the stop on a NaN loss (train.py, or diagnostics/callback.py naming the cause)"
     return "diagnostics (diagnostics/rules.py)"
 
 
@@ -588,13 +583,13 @@ def per_warning(runs: Sequence[Records], result: Score) -> list[str]:
     """Precision (of the runs it was said on, the share whose fault it names, or that it is
     also true of) and recall (of the runs with its cause, the share it was said on)."""
     faults = {r.case.name: r.case.fault for r in runs}
-    keys = [*CAUSE_OF_KEY, *(k for _, k, _ in MODEL_WARNINGS)]
+    keys = list(CAUSE_OF_KEY)
     keys += sorted({k for said in result.told.values() for k in said} - set(keys))
     lines = [
         f"  {'warning':<20}{'cause':<20}{'said on':>8}{'right':>7}{'precision':>10}{'recall':>8}"
     ]
     for key in keys:
-        cause = CAUSE_OF_KEY.get(key) or next((c for _, k, c in MODEL_WARNINGS if k == key), "?")
+        cause = CAUSE_OF_KEY.get(key, "?")
         said_on = [n for n, said in result.told.items() if key in said]
         right = [n for n in said_on if faults[n] == cause or cause in ALSO_TRUE.get(faults[n], ())]
         with_cause = [n for n, f in faults.items() if f == cause]

@@ -13,9 +13,11 @@ from torch import nn
 
 from latentspace import runs
 from latentspace.data import Batches, ImageSet, to_float
+from latentspace.diagnostics.entries import loss_entry
 from latentspace.diagnostics.measure import Layer, find_layers, measure_activations
 from latentspace.diagnostics.reading import DIAGNOSTICS, read_diagnostics
-from latentspace.diagnostics.rules import Thresholds, _loss_entry, detect
+from latentspace.diagnostics.rules import Thresholds, detect, exploded
+from latentspace.errors import TrainingDiverged
 
 
 class Trainer(Protocol):
@@ -29,6 +31,7 @@ class Trainer(Protocol):
     train_batches: Batches
     device: torch.device
     train_config: Any
+    check_every: int  # the trainer reads the loss (and stops on a NaN) every this many steps
 
 
 class Diagnostics:
@@ -53,6 +56,9 @@ class Diagnostics:
         self.snapshot: list[torch.Tensor] | None = None
         self.batch: torch.Tensor | None = None
         self.seconds = 0.0
+        # (step, gradient norm) of every one of the run's first `every` steps: a rate or a
+        # network that blows up often does so before the sparse samples see it
+        self.early: list[tuple[int, float]] = []
 
     # ---- trainer hooks ----------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer) -> None:
@@ -64,6 +70,7 @@ class Diagnostics:
         if len(self.records) < len(saved):
             self._write(trainer.run_dir)
         self.said = {key for r in self.records for key in r.get("raised", [])}
+        self.early = []
         source = (
             trainer.val_set.images if trainer.val_set is not None else trainer.train_batches.images
         )
@@ -78,6 +85,10 @@ class Diagnostics:
     def on_batch_end(
         self, trainer: Trainer, x: torch.Tensor, terms: dict[str, torch.Tensor]
     ) -> None:
+        if self.epoch == 0 and self.step + 1 < self.every:
+            self._note_early_step()
+        if self.step % trainer.check_every == 0 or self.step == self.steps - 1:
+            self._check_loss(trainer, terms)  # where the trainer checks it: no extra wait
         if (
             self.snapshot is None
             and self.step + 1 < self.steps
@@ -122,6 +133,44 @@ class Diagnostics:
     def _write(self, run_dir: Path) -> None:
         text = "".join(json.dumps(r) + "\n" for r in self.records)
         runs.atomic_write(run_dir / DIAGNOSTICS, lambda tmp: tmp.write_text(text))
+
+    # ---- a loss that became NaN ---------------------------------------------------------------
+    @torch.no_grad()
+    def _note_early_step(self) -> None:
+        grads = [layer.weight.grad for layer in self.layers if layer.weight.grad is not None]
+        if grads:
+            norm = float(torch.stack([g.norm() for g in grads]).norm())
+            self.early.append((self.step + 1, norm))
+
+    def _norms_seen(self) -> list[tuple[int, float]]:
+        """(step, gradient norm) of every step measured in this run, the first step first."""
+        sampled = [s for r in self.records for s in r.get("steps_sampled", [])]
+        current = [
+            {"step": s["step"], "grad_norm": math.sqrt(sum(g * g for g in s["grad_norm"]))}
+            for s in self.samples
+        ]
+        seen = dict(self.early)
+        seen.update((s["step"], s["grad_norm"]) for s in [*sampled, *current])
+        return sorted(seen.items())
+
+    def _check_loss(self, trainer: Trainer, terms: dict[str, torch.Tensor]) -> None:
+        """A loss that became NaN or infinite after the gradient norm grew by more than
+        `thresholds.exploding` stops the run here, as the trainer would a moment later, but
+        with its cause named (exploding gradients) and the norms seen. Otherwise the trainer's
+        own stop says what to do."""
+        loss = float(terms["total"])
+        if math.isfinite(loss):
+            return
+        growth = exploded(self._norms_seen(), self.thresholds)
+        if growth is None:
+            return
+        rate = trainer.train_config.lr
+        raise TrainingDiverged(
+            f"loss became {loss} in epoch {trainer.epoch + 1} by step {self.step + 1}, after "
+            f"{growth} (exploding gradients): clip gradients with --set train.grad_clip="
+            f"{growth.clip} or lower the learning rate (now {rate:g}, try --lr {rate / 10:g}). "
+            f"{trainer.run_dir} keeps the last good state (epoch {trainer.epoch})"
+        )
 
     # ---- measuring --------------------------------------------------------------------------
     def _sampled(self, step: int) -> bool:
@@ -200,5 +249,8 @@ class Diagnostics:
             first_grad, last_grad = last["grad_norm"][0], last["grad_norm"][-1]
             entry["first_layer"], entry["last_layer"] = self.layers[0].name, self.layers[-1].name
             entry["grad_ratio"] = first_grad / last_grad if last_grad > 0 else None
-        entry.update(_loss_entry(record, self.records, self.thresholds))
+        entry.update(loss_entry(record, self.records, self.thresholds))
+        signals = getattr(trainer.model, "training_signals", None)  # declared by the family
+        if callable(signals):
+            entry["signals"] = signals(record["train"])
         return entry

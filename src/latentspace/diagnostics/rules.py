@@ -9,7 +9,15 @@ from typing import Any, TypeGuard
 
 from latentspace.diagnostics.measure import ACTIVE_UNIT_THRESHOLD
 
-__all__ = ["TOO_HIGH", "UPSTREAM_OF_COLLAPSE", "Finding", "Thresholds", "detect", "replay"]
+__all__ = [
+    "TOO_HIGH",
+    "UPSTREAM_OF_COLLAPSE",
+    "Finding",
+    "Growth",
+    "Thresholds",
+    "detect",
+    "exploded",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +40,8 @@ class Thresholds:
     collapse: float = 0.1  # share of active latent units at or below this: posterior collapse
     collapse_steps: int = 200  # ... after this many optimizer steps (units wake up in the first)
     diverged: float = 0.1  # loss above the untrained model's by more than this fraction
+    diversity: float = 0.15  # generated images' spread over the real images' below this ...
+    diversity_epochs: int = 2  # ... in each of this many epochs in a row: mode collapse
 
 
 # the advised clipping norm over the first step's: above the growth of every healthy run in
@@ -185,6 +195,38 @@ def _nice(value: float) -> str:
     return f"{float(f'{value:.1g}'):g}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Growth:
+    """How far the gradient norm grew over the run's first step's: the evidence of exploding
+    gradients that a run stopped by a NaN loss is told."""
+
+    first: float  # the gradient norm at step 1
+    peak: float  # the largest finite norm seen
+    peak_step: int
+
+    @property
+    def clip(self) -> str:
+        """The clipping norm to advise."""
+        return _nice(_CLIP_OVER_START * self.first)
+
+    def __str__(self) -> str:
+        return (
+            f"the gradient norm grew from {self.first:.3g} at step 1 to {self.peak:.3g} at step "
+            f"{self.peak_step}, {self.peak / self.first:.2g} times"
+        )
+
+
+def exploded(norms: Sequence[tuple[int, float]], t: Thresholds) -> Growth | None:
+    """The growth of the gradient norms `norms`, (step, norm) pairs in step order, when their
+    largest finite one is above `t.exploding` times the first step's; None otherwise, or when
+    step 1 is not among them (a resumed run: nothing to compare with)."""
+    finite = [(step, norm) for step, norm in norms if _finite(norm)]
+    if not finite or finite[0][0] != 1 or finite[0][1] <= 0:
+        return None
+    step, peak = max(finite, key=lambda pair: pair[1])
+    return Growth(finite[0][1], peak, step) if peak > t.exploding * finite[0][1] else None
+
+
 def _epoch_start_loss(entry: dict[str, Any], history: Sequence[dict[str, Any]]) -> float | None:
     """The training loss where the epoch began: the previous epoch's last step, or the untrained
     model's at the run's first step."""
@@ -325,6 +367,41 @@ def _code_warnings(entry: dict[str, Any], t: Thresholds) -> list[Finding]:
     return []
 
 
+def _adversarial_warnings(
+    entry: dict[str, Any], history: Sequence[dict[str, Any]], t: Thresholds
+) -> list[Finding]:
+    """Two players: the discriminator has won outright, or the generator collapses. Judged on
+    the "signals" a family declares (`training_signals`: what its terms measure, and for the
+    discriminator's loss the value under which it has won, which depends on the loss)."""
+    signals = entry.get("signals") or {}
+    found = []
+    loss, limit = signals.get("discriminator_loss"), signals.get("discriminator_won_below")
+    if _finite(loss) and _finite(limit) and loss < limit:
+        found.append(
+            Finding(
+                "d_wins",
+                f"the discriminator wins outright: its loss averaged {loss:.3g} in epoch "
+                f"{entry['epoch']}, under {limit:.2g}, the loss of a discriminator 99% sure of "
+                "every image, so the generator learns little from it; lower model.lr_d or raise "
+                "model.lr_g",
+            )
+        )
+    # healthy generators dip for an epoch or two early on, collapsing ones stay down
+    recent = [entry, *reversed(history)][: t.diversity_epochs]
+    spread = [(h.get("signals") or {}).get("sample_diversity") for h in recent]
+    if len(spread) == t.diversity_epochs and all(_finite(d) and d < t.diversity for d in spread):
+        found.append(
+            Finding(
+                "mode_collapse",
+                f"the generator may be collapsing: its samples differ from each other only "
+                f"{spread[0]:.2f} times as much as real images do (1.0 = as varied as the data; "
+                f"under {t.diversity:g} for {len(spread)} epochs in a row): check `latentspace "
+                "quality` for the classes it covers; lower model.lr_g or raise model.lr_d",
+            )
+        )
+    return found
+
+
 def detect(
     entry: dict[str, Any],
     history: Sequence[dict[str, Any]],
@@ -340,6 +417,7 @@ def detect(
         *_layer_warnings(entry, lr, t),
         *_gradient_warnings(entry, history, t),
         *_loss_warnings(entry, history, lr, t),
+        *_adversarial_warnings(entry, history, t),
     ]
     found += _crawl_warning(entry, history, found, lr, t, base_lr)
     # an encoder that gets no useful gradient (a rate far off, vanishing gradients) learns no
@@ -347,74 +425,3 @@ def detect(
     if not {f.key for f in found} & set(UPSTREAM_OF_COLLAPSE):
         found += _code_warnings(entry, t)
     return found
-
-
-def _loss_entry(
-    record: dict[str, Any], history: Sequence[dict[str, Any]], t: Thresholds
-) -> dict[str, Any]:
-    """Train/validation numbers of an epoch record, with the gap and the upturn flag. The
-    training loss excludes the L1/L2 penalties (validation has none). Only for models whose loss
-    is a likelihood bound (it has a "reconstruction" term): a GAN's two losses pull against each
-    other, so their sum rising or a gap says nothing about overfitting.
-
-    The upturn: validation loss above its best by more than `t.upturn` in each of the last
-    `t.upturn_epochs` epochs (so the best is older than them), while training loss is below its
-    value at the best epoch. One epoch above the best is noise on a small validation set."""
-    train = record["train"]
-    out: dict[str, Any] = {
-        "train_loss": train["total"] - train.get("l1", 0.0) - train.get("l2", 0.0),
-        "likelihood": "reconstruction" in train,
-    }
-    if "val" not in record or not out["likelihood"]:
-        return out
-    val, train_loss = record["val"]["total"], out["train_loss"]
-    out["val_loss"] = val
-    out["gap"] = val - train_loss
-    out["gap_relative"] = (val - train_loss) / abs(train_loss) if train_loss else None
-    earlier = [h for h in history if _finite(h.get("val_loss"))]
-    if earlier:
-        best = min(earlier, key=lambda h: h["val_loss"])
-        out["val_best"], out["val_best_epoch"] = best["val_loss"], best["epoch"]
-        recent = [h["val_loss"] for h in earlier[len(earlier) - (t.upturn_epochs - 1) :]]
-        out["val_upturn"] = bool(
-            len(earlier) >= t.upturn_epochs
-            and min([*recent, val]) > best["val_loss"] + t.upturn * abs(best["val_loss"])
-            and train_loss < best["train_loss"]
-        )
-    return out
-
-
-_LOSS_KEYS = (
-    "train_loss",
-    "likelihood",
-    "val_loss",
-    "gap",
-    "gap_relative",
-    "val_best",
-    "val_best_epoch",
-    "val_upturn",
-)
-
-
-def replay(
-    metrics: Sequence[dict[str, Any]],
-    diagnostics: Sequence[dict[str, Any]],
-    base_lr: float,
-    thresholds: Thresholds | None = None,
-) -> list[list[Finding]]:
-    """The findings of every epoch of a finished run under `thresholds`, from its records
-    (metrics.jsonl's epoch records and diagnostics.jsonl), as the `Diagnostics` callback would
-    have found them while it trained: what `bench/diagnostics_accuracy.py` scores thresholds with,
-    without training again."""
-    t = thresholds or Thresholds()
-    by_epoch = {m["epoch"]: m for m in metrics if m.get("kind", "epoch") == "epoch"}
-    history: list[dict[str, Any]] = []
-    found_per_epoch = []
-    for record in diagnostics:
-        entry = {k: v for k, v in record.items() if k not in _LOSS_KEYS}
-        entry.update(_loss_entry(by_epoch[record["epoch"]], history, t))
-        found = detect(entry, history, float(by_epoch[record["epoch"]]["lr"]), t, base_lr)
-        entry["active"] = sorted(f.key for f in found)
-        history.append(entry)
-        found_per_epoch.append(found)
-    return found_per_epoch

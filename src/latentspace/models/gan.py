@@ -25,15 +25,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple, cast
+from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
 
 from latentspace.errors import ConfigError
 from latentspace.models.base import GenerativeModel, make_optimizer
-from latentspace.models.gan_losses import LOSSES, WON_BELOW, feature_matching, gan_losses
+from latentspace.models.gan_losses import LOSSES, feature_matching, gan_losses, won_below
 from latentspace.models.gan_regularisers import (
     MinibatchStd,
     dcgan_init,
@@ -474,33 +474,21 @@ class GAN(GenerativeModel):
         keys = ("d_loss", "g_loss", "d_real", "d_fake", "gp", "diversity", "total")
         return dict(zip(keys, values, strict=True))
 
-    def epoch_warnings(self, record: dict[str, Any]) -> list[str]:
-        """The discriminator winning outright, or the generator collapsing, in plain words."""
-        terms = record.get("train", {})
-        warnings = []
-        d_real, d_fake = terms.get("d_real"), terms.get("d_fake")
-        if self.config.loss == "nonsaturating" and d_real is not None and d_fake is not None:
-            if d_real > 0.99 and d_fake < 0.01:
-                warnings.append(
-                    f"the discriminator wins outright: mean D(x) = {d_real:.3f} on real images "
-                    f"and D(G(z)) = {d_fake:.4f} on generated ones for the whole epoch, so the "
-                    "generator gets almost no gradient; lower model.lr_d or raise model.lr_g"
-                )
-        if self.config.loss in WON_BELOW and "d_loss" in terms:
-            limit, meaning = WON_BELOW[self.config.loss]
-            if terms["d_loss"] < limit:
-                warnings.append(
-                    f"the discriminator wins outright: its {self.config.loss} loss is "
-                    f"{terms['d_loss']:.4f} ({meaning}); lower model.lr_d or raise model.lr_g"
-                )
-        diversity = terms.get("diversity")
-        if diversity is not None and diversity < 0.25:
-            warnings.append(
-                f"the generator may be collapsing: its samples differ from each other only "
-                f"{diversity:.2f} times as much as real images do (1.0 = as varied as the data); "
-                "check `latentspace quality` for the classes it covers"
-            )
-        return warnings
+    def training_signals(self, terms: Mapping[str, float]) -> dict[str, float]:
+        """What `latentspace.diagnostics` judges of an epoch, from its mean training terms: the
+        rules and their thresholds live there; the family only says what its terms measure.
+        sample_diversity: the generated images' spread over the real batch's (1.0 = as varied
+        as the data, near 0: the generator collapses); discriminator_loss and
+        discriminator_won_below: its loss and the loss under which it has won outright
+        (`gan_losses.won_below`, per loss; none for wgan-gp)."""
+        signals: dict[str, float] = {}
+        if "diversity" in terms:
+            signals["sample_diversity"] = float(terms["diversity"])
+        limit = won_below(self.config.loss)
+        if limit is not None and "d_loss" in terms:
+            signals["discriminator_loss"] = float(terms["d_loss"])
+            signals["discriminator_won_below"] = limit
+        return signals
 
     # ---- use: inversion ------------------------------------------------------------------------
     def invert(

@@ -16,14 +16,31 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "WON_BELOW", "feature_matching", "gan_losses"]
+__all__ = ["LOSSES", "WON_SCORES", "feature_matching", "gan_losses", "won_below"]
 
 LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp")
-# the discriminator's loss below which it has won outright, and what that means, per loss
-WON_BELOW = {
-    "hinge": (0.02, "every margin satisfied"),
-    "lsgan": (0.01, "scores on their targets, 1 for real and 0 for generated images"),
+# A discriminator that has won outright judges every image at least this surely: raw scores
+# (D(x), D(G(z))) 1% short of each loss's targets: probabilities 0.99 and 0.01 (logits +-4.595)
+# for the non-saturating loss, 0.99 of the way to the margins +-1 for hinge, 0.99 and 0.01
+# against the targets 1 and 0 for least squares. WGAN-GP's critic is unbounded: no such point.
+WON_SCORES = {
+    "nonsaturating": (4.59512, -4.59512),
+    "hinge": (0.99, -0.99),
+    "lsgan": (0.99, 0.01),
 }
+
+
+def won_below(loss: str) -> float | None:
+    """The discriminator loss under which it has won outright: its loss at `WON_SCORES`, so the
+    one criterion is said in each loss's own units (the losses have different scales: 0.0201 for
+    the non-saturating loss, 0.02 for hinge, 1e-4 for least squares, which squares the 1%).
+    None for a loss without such a point (wgan-gp). diagnostics/rules.py reads it through
+    `GAN.training_signals`."""
+    if loss not in WON_SCORES:
+        return None
+    real, fake = WON_SCORES[loss]
+    d_loss, _ = gan_losses(loss, torch.tensor([real]), torch.tensor([fake]))
+    return float(d_loss)
 
 
 def gan_losses(
