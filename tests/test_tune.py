@@ -358,3 +358,40 @@ def json_objective(out: Path) -> str:
     from latentspace.commands.tune import OPTIONS_FILE
 
     return str(json.loads((out / OPTIONS_FILE).read_text())["objective"])
+
+
+# ---- feedback: n of N trials and the time left for the whole study ---------------------------
+def test_time_left_counts_rounds_of_parallel_work_and_keeps_within_the_deadline() -> None:
+    from latentspace.progress import parallel_seconds_left
+
+    assert parallel_seconds_left([], 5) is None  # nothing finished: no estimate yet
+    assert parallel_seconds_left([10.0, 20.0], 3) == 45.0  # 3 more at 15 s each
+    assert parallel_seconds_left([10.0, 20.0], 3, workers=2) == 30.0  # two rounds
+    assert parallel_seconds_left([10.0], 4, workers=2, deadline_left=12.0) == 12.0
+    assert parallel_seconds_left([], 4, deadline_left=-3.0) == 0.0
+
+
+def test_each_trial_line_says_n_of_n_and_the_studys_time_left(
+    tmp_path: Path, tiny_config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, space_path = _write(tmp_path, tiny_config, SPACE.replace("epochs = 3", "epochs = 1"))
+    args = ["tune", "--config", str(base), "--space", str(space_path)]
+    args += ["--sampler", "random", "--pruner", "none"]
+    assert main([*args, "--trials", "2", "--out", str(tmp_path / "s")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ")]
+    assert len(lines) == 2
+    assert "  1/2 trials (about " in lines[0] and lines[0].endswith(" left)")
+    assert lines[1].endswith("  2/2 trials")  # done: no estimate
+    # the same study's workers under --quiet (run directly: the HTML report is not the point)
+    import dataclasses
+    import json
+
+    from latentspace.tune.study import TuneOptions
+    from latentspace.tune.workers import run_study
+
+    saved = json.loads((tmp_path / "s" / "tune.json").read_text())
+    options = TuneOptions(**{**saved, "trials": 3, "quiet": True})
+    assert len(run_study(dataclasses.replace(options, quiet=False)).trials) == 3
+    assert "3/3 trials" in capsys.readouterr().out
+    run_study(dataclasses.replace(options, trials=4))
+    assert len(_load(tmp_path / "s").trials) == 4 and capsys.readouterr().out == ""

@@ -16,7 +16,7 @@ import contextvars
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import TextIO
 
@@ -28,6 +28,7 @@ __all__ = [
     "format_duration",
     "is_silenced",
     "on_terminal",
+    "parallel_seconds_left",
     "planned_after",
     "silenced",
     "time_left",
@@ -103,6 +104,25 @@ def time_left(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return ""
     return f" (about {format_duration(seconds)} left)"
+
+
+def parallel_seconds_left(
+    durations: Sequence[float],
+    left: int,
+    workers: int = 1,
+    deadline_left: float | None = None,
+) -> float | None:
+    """Seconds until `left` more units of work are done by `workers` running side by side, at
+    the mean duration of the units finished so far (`durations`): they go in rounds of
+    `workers`. Never more than `deadline_left` (a budget's seconds left). None when neither says
+    anything yet (no unit finished, no deadline)."""
+    estimate = None
+    if durations:
+        estimate = math.ceil(max(0, left) / max(1, workers)) * sum(durations) / len(durations)
+    if deadline_left is not None:
+        deadline_left = max(0.0, deadline_left)
+        estimate = deadline_left if estimate is None else min(estimate, deadline_left)
+    return estimate
 
 
 class Progress:

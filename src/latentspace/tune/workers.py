@@ -25,6 +25,7 @@ import torch
 
 from latentspace.config import Config
 from latentspace.errors import ConfigError, LatentspaceError
+from latentspace.progress import parallel_seconds_left, time_left
 from latentspace.tune.space import Space, load_space
 from latentspace.tune.study import (
     FID_SAMPLES,
@@ -35,6 +36,7 @@ from latentspace.tune.study import (
     _optuna,
     _quiet_optuna_warnings,
     check_objective,
+    counted_trials,
     next_trial,
     open_study,
     pruning_term,
@@ -310,6 +312,24 @@ def _describe_trial(trial: Any, best: Any | None) -> str:
     return line
 
 
+def _study_progress(study: Any, options: TuneOptions, deadline: float | None) -> str:
+    """'  3/20 trials (about 4 min left)': the study's finished trials of its budget, and the
+    time left for all of it at the mean duration of its finished trials, run `workers` at a
+    time (never past --timeout)."""
+    trials = counted_trials(study.get_trials(deepcopy=False))
+    finished = [t for t in trials if t.state.is_finished()]
+    durations = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in finished
+        if t.datetime_start is not None and t.datetime_complete is not None
+    ]
+    left = options.trials - len(finished)
+    seconds = parallel_seconds_left(
+        durations, left, options.workers, None if deadline is None else deadline - time.time()
+    )
+    return f"  {len(finished)}/{options.trials} trials" + (time_left(seconds) if left > 0 else "")
+
+
 def _best(study: Any) -> Any | None:
     try:
         return study.best_trial
@@ -333,7 +353,8 @@ def run_worker(options: TuneOptions, worker: int = 0, deadline: float | None = N
                 break
             count += 1
             if not options.quiet:
-                print(_describe_trial(trial, _best(study)), flush=True)
+                line = _describe_trial(trial, _best(study))
+                print(line + _study_progress(study, options, deadline), flush=True)
             write_tables(study, options, base, space)
     return count
 
