@@ -137,10 +137,12 @@ class Diagnostics:
     # ---- a loss that became NaN ---------------------------------------------------------------
     @torch.no_grad()
     def _note_early_step(self) -> None:
+        start = time.perf_counter()
         grads = [layer.weight.grad for layer in self.layers if layer.weight.grad is not None]
         if grads:
             norm = float(torch.stack([g.norm() for g in grads]).norm())
             self.early.append((self.step + 1, norm))
+        self.seconds += time.perf_counter() - start  # counted in the callback's own cost
 
     def _norms_seen(self) -> list[tuple[int, float]]:
         """(step, gradient norm) of every step measured in this run, the first step first."""
