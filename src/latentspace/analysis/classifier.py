@@ -128,7 +128,7 @@ def dataset_key(images: ImageSet) -> str:
     name = named_dataset(images.source)
     if name is not None:
         return name
-    digest = hashlib.sha256(images.images.numpy().tobytes()).hexdigest()[:12]
+    digest = hashlib.sha256(images.images[:].numpy().tobytes()).hexdigest()[:12]
     stem = Path(images.source).stem or "images"
     return f"{stem}-{digest}"
 

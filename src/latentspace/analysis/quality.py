@@ -20,7 +20,7 @@ import torch
 
 from latentspace.analysis.classifier import FeatureNetwork, FeatureNetworkInfo, feature_network
 from latentspace.config import Config
-from latentspace.data import BATCH, ImageSet, held_out, named_dataset, to_float
+from latentspace.data import BATCH, Images, ImageSet, held_out, named_dataset, to_float
 from latentspace.errors import DataError, LatentspaceError
 from latentspace.models import GenerativeModel
 from latentspace.progress import Progress
@@ -121,7 +121,7 @@ def _metrics(network: FeatureNetwork, subset_size: int, subsets: int) -> tuple[A
 
 @torch.no_grad()
 def fid_kid(
-    reference: torch.Tensor,
+    reference: torch.Tensor | Images,
     images: torch.Tensor,
     network: FeatureNetwork,
     *,
@@ -157,7 +157,7 @@ def fid_kid(
 
 @torch.no_grad()
 def class_distribution(
-    images: torch.Tensor, network: FeatureNetwork, batch_size: int = BATCH
+    images: torch.Tensor | Images, network: FeatureNetwork, batch_size: int = BATCH
 ) -> torch.Tensor:
     """Fraction of `images` the classifier assigns to each class: (n_classes,), sums to 1."""
     counts = torch.zeros(network.n_classes or 0)

@@ -12,6 +12,7 @@ import torch
 from latentspace.analysis import latent
 from latentspace.commands._common import add_device_arguments, load_input, open_run_for_use
 from latentspace.data import (
+    Images,
     ImageSet,
     batched,
     load_image,
@@ -177,7 +178,7 @@ def parse_dims(text: str, latent_dim: int) -> list[int]:
 _ENCODE_BUDGET_S = 300.0  # map and neighbours refuse work that would take longer than this
 
 
-def _encode(run: Run, images: torch.Tensor) -> torch.Tensor:
+def _encode(run: Run, images: torch.Tensor | Images) -> torch.Tensor:
     model = run.model
     if len(images) > 2:  # an encoder that is an optimisation (GAN inversion) is slow: say so
         from latentspace.analysis.evaluate import affordable_encodes

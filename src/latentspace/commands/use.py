@@ -235,7 +235,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     images = load_input(args.input, run, args.n)
     model = run.model
     recon = batched(model.reconstruct, images.images, model.device)
-    originals = images.images.float() / 255
+    originals = images.images[:].float() / 255
     nrow = min(len(originals), 8)
     rows = []
     for start in range(0, len(originals), nrow):  # an originals row, then its reconstructions

@@ -148,7 +148,7 @@ def held_out(config: _RunSettings) -> HeldOut:
 @torch.no_grad()
 def batched(
     function: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
+    images: torch.Tensor | Images,
     device: torch.device,
     batch_size: int = BATCH,
 ) -> torch.Tensor:

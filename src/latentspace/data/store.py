@@ -70,23 +70,24 @@ class DiskRecords:
     def name(self, row: int) -> str:
         return self.names[row]
 
-    def _each(self, rows: np.ndarray, fill: Callable[[int, np.ndarray], None]) -> None:
-        """Read every row's bytes (grouped by shard, one open file per shard) and hand them to
-        `fill(position, (c, h, w) array)`; a short read or a wrong CRC-32 is a DataError."""
-        shards = self.index[rows, _SHARD]
-        for shard in np.unique(shards):
-            path = self.shard_paths[int(shard)]
+    def _each(self, rows: np.ndarray, into: Callable[[int, int], np.ndarray]) -> None:
+        """Read every row's bytes (grouped by shard, one open file per shard) into the buffer
+        `into(position, nbytes)` gives; a short read or a wrong CRC-32 is a DataError."""
+        entries = self.index[rows].tolist()  # Python ints: cheaper per record than NumPy's
+        by_shard: dict[int, list[int]] = {}
+        for position, entry in enumerate(entries):
+            by_shard.setdefault(entry[_SHARD], []).append(position)
+        for shard, positions in by_shard.items():
+            path = self.shard_paths[shard]
             try:
                 with open(path, "rb", buffering=0) as stream:
-                    for position in np.flatnonzero(shards == shard):
-                        row = int(rows[position])
-                        _, offset, c, h, w, crc = (int(v) for v in self.index[row])
-                        buffer = np.empty(c * h * w, dtype=np.uint8)
+                    for position in positions:
+                        _, offset, c, h, w, crc = entries[position]
+                        buffer = into(position, c * h * w)
                         stream.seek(offset)
                         read = stream.readinto(buffer.data)
                         if read != buffer.size or zlib.crc32(buffer.data) != crc:
-                            self._damaged(int(shard), row)
-                        fill(int(position), buffer.reshape(c, h, w))
+                            self._damaged(shard, int(rows[position]))
             except OSError as error:
                 raise DataError(
                     f"cannot read the image cache {path}: {error.strerror or error}; delete "
@@ -102,25 +103,24 @@ class DiskRecords:
         )
 
     def read(self, rows: np.ndarray) -> list[np.ndarray]:
-        pieces: list[np.ndarray] = [np.empty(0, np.uint8)] * len(rows)
-
-        def keep(position: int, piece: np.ndarray) -> None:
-            pieces[position] = piece
-
-        self._each(rows, keep)
-        return pieces
+        sizes = self.sizes()[rows].tolist()
+        pieces = [np.empty(c * h * w, dtype=np.uint8) for c, h, w in sizes]
+        self._each(rows, lambda position, nbytes: pieces[position])
+        return [piece.reshape(size) for piece, size in zip(pieces, sizes, strict=True)]
 
     def uniform(self, rows: np.ndarray, channels: int) -> torch.Tensor:
+        """The records (all of one size) straight into one (B, C, H, W) tensor; a grey record
+        read as colour is repeated on the 3 channels, as Pillow's convert("RGB") does."""
         if len(rows) == 0:
             return torch.empty((0, channels, 0, 0), dtype=torch.uint8)
         _, h, w = (int(v) for v in self.sizes()[rows[0]])
         out = torch.empty((len(rows), channels, h, w), dtype=torch.uint8)
-        array = out.numpy()
-
-        def fill(position: int, piece: np.ndarray) -> None:
-            array[position] = piece  # a grey record broadcasts to 3 channels (as PIL's convert)
-
-        self._each(rows, fill)
+        flat = out.numpy().reshape(len(rows), -1)
+        grey = np.flatnonzero(self.index[rows, _C] != channels)
+        pieces = {int(p): np.empty(h * w, dtype=np.uint8) for p in grey}
+        self._each(rows, lambda position, nbytes: pieces.get(position, flat[position]))
+        for position, piece in pieces.items():
+            flat[position].reshape(channels, h * w)[:] = piece
         return out
 
 

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from latentspace.analysis.evaluate import affordable_encodes
-from latentspace.data import batched, to_float
+from latentspace.data import Images, batched, to_float
 from latentspace.errors import ConfigError, StorageError
 from latentspace.runs import CONFIG, WEIGHTS, Run, atomic_write, file_sha256
 
@@ -71,7 +71,7 @@ def _write_cache(path: Path, key: dict[str, str], codes: torch.Tensor) -> None:
 
 def encode_images(
     run: Run,
-    images: torch.Tensor,
+    images: torch.Tensor | Images,
     *,
     budget_s: float = ENCODE_BUDGET_S,
     progress: bool = True,
@@ -95,7 +95,8 @@ def encode_images(
         )
     if affordable >= len(images):
         return batched(model.encode, images, model.device)
-    return _encode_slowly(run, images, len(images) * budget_s / affordable, progress, log)
+    slow = images[:]  # read whole: its codes are cached under a hash of its pixels
+    return _encode_slowly(run, slow, len(images) * budget_s / affordable, progress, log)
 
 
 def _encode_slowly(
