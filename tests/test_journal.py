@@ -4,6 +4,7 @@ exit, with every undamaged image still written."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -26,7 +27,7 @@ from latentspace.journal import FORMAT_VERSION, AlbumError, decode_album, encode
 from latentspace.journal.coding import SymbolCoder
 from latentspace.journal.container import MAGIC, Album, Entry, pack, unpack
 from latentspace.models import MODELS
-from latentspace.models.entropy import PRECISION, FactorisedPrior, integer_frequencies
+from latentspace.models.entropy import PRECISION, ChannelContextPrior, integer_frequencies
 from latentspace.runs import WEIGHTS, weights_sha256
 
 CODEC = next(name for name, cls in MODELS.items() if hasattr(cls, "to_symbols"))
@@ -79,26 +80,28 @@ def _one_line(capsys: pytest.CaptureFixture[str], *parts: str) -> str:
 
 
 # ---- the model's side: rate, tables ---------------------------------------------------------------
-def test_rate_is_the_code_length_under_the_prior_and_reaches_the_encoder() -> None:
-    """Oracle: the rate is -sum log2 p(symbol) under torch.distributions.Categorical; its gradient
-    reaches the continuous coordinates (the encoder) and the logits."""
+@pytest.mark.parametrize("context", [0, 1, 2])
+def test_rate_is_the_code_length_under_the_prior_and_reaches_the_encoder(context: int) -> None:
+    """Oracle: the rate is -sum log2 p(symbol | context) under torch.distributions.Categorical,
+    the context of channel c's symbol at a position being the symbols of the channels before it
+    there; its gradient reaches the continuous coordinates (the encoder) and the logits."""
     torch.manual_seed(0)
-    prior = FactorisedPrior(qualities=2, channels=3, levels=5)
+    levels = 5
+    prior = ChannelContextPrior(qualities=2, channels=3, levels=levels, context=context)
     with torch.no_grad():
         prior.logits.normal_()
-    coordinate = (torch.rand(4, 3, 2, 2) * 4).requires_grad_()
+    coordinate = (torch.rand(4, 3, 2, 2) * (levels - 1)).requires_grad_()
     symbols = coordinate.detach().round().long()
     quality = torch.tensor([0, 1, 0, 1])
     rate = prior.rate(coordinate, symbols, quality)
-    expected = torch.stack(
-        [
-            -torch.distributions.Categorical(logits=prior.logits[q])
-            .log_prob(symbols[i].flatten(1).T)
-            .sum()
-            / math.log(2)
-            for i, q in enumerate(quality.tolist())
-        ]
-    )
+    expected = torch.zeros(4)
+    for i, q in enumerate(quality.tolist()):
+        for c, y, x in itertools.product(range(3), range(2), range(2)):
+            previous = [int(symbols[i, c - j, y, x]) for j in range(1, context + 1) if c >= j]
+            row = sum(s * levels**power for power, s in enumerate(previous))
+            logits = prior.logits[q, c, row]
+            log_p = torch.distributions.Categorical(logits=logits).log_prob(symbols[i, c, y, x])
+            expected[i] -= log_p / math.log(2)
     assert torch.allclose(rate, expected, atol=1e-4)
     rate.sum().backward()
     assert coordinate.grad is not None and bool(coordinate.grad.abs().sum() > 0)
@@ -124,12 +127,15 @@ def test_the_saved_tables_are_those_that_code(codec_run: Path) -> None:
 
 def test_payload_is_close_to_the_ideal_code_length(codec_run: Path) -> None:
     model = ls.load(codec_run)
-    table = model.frequency_table(2)
-    symbols = np.random.default_rng(0).integers(0, table.shape[1], size=(2, 5, 7))
-    payload = SymbolCoder(table).encode(symbols)
-    ideal = -sum(np.log2(table[c, symbols[c]] / 2**PRECISION).sum() for c in range(len(symbols)))
-    assert len(payload) * 8 <= ideal + 40, "ANS costs at most about a word over the ideal"
-    assert np.array_equal(SymbolCoder(table).decode(payload, symbols.shape), symbols)
+    table = model.frequency_table(2)  # (C, contexts, A)
+    channels, levels = table.shape[0], table.shape[-1]
+    symbols = np.random.default_rng(0).integers(0, levels, size=(channels, 5, 7))
+    coder = SymbolCoder(table, model.context_channels)
+    payload = coder.encode(symbols)
+    contexts = model.prior.contexts(torch.from_numpy(symbols)[None])[0].numpy()
+    ideal = -np.log2(table[np.arange(channels)[:, None, None], contexts, symbols] / 2**PRECISION)
+    assert len(payload) * 8 <= ideal.sum() + 40, "ANS costs at most about a word over the ideal"
+    assert np.array_equal(coder.decode(payload, symbols.shape), symbols)
 
 
 # ---- round trips -------------------------------------------------------------------------------

@@ -36,7 +36,14 @@ __all__ = [
     "read_images",
 ]
 
-_CAPABILITIES = ("to_symbols", "from_symbols", "frequency_table", "quality_levels", "code_shape")
+_CAPABILITIES = (
+    "to_symbols",
+    "from_symbols",
+    "frequency_table",
+    "context_channels",
+    "quality_levels",
+    "code_shape",
+)
 _CHUNK = 512  # images per network pass
 
 
@@ -98,7 +105,7 @@ def encode_album(
     """images: (C, H, W) uint8 each, any size the model codes -> the album's bytes."""
     for image in images:
         model.check_size(image.shape[1], image.shape[2])
-    coder = SymbolCoder(model.frequency_table(quality))
+    coder = SymbolCoder(model.frequency_table(quality), model.context_channels)
     payloads: list[bytes] = [b""] * len(images)
     for members in _by_size([(i.shape[1], i.shape[2]) for i in images]).values():
         for start in range(0, len(members), _CHUNK):
@@ -134,7 +141,7 @@ def decode_album(
     other image is decoded."""
     album = unpack(data, name)
     _check_header(album, model, weights, name, run)
-    coder = SymbolCoder(model.frequency_table(album.quality))
+    coder = SymbolCoder(model.frequency_table(album.quality), model.context_channels)
     problems = album.problems
     codes: dict[int, np.ndarray] = {}
     for i, entry in enumerate(album.entries):

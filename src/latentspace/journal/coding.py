@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from latentspace.errors import ConfigError
+from latentspace.models.entropy import context_index
 
 __all__ = ["SymbolCoder"]
 
@@ -28,28 +29,37 @@ def _constriction() -> object:
 
 
 class SymbolCoder:
-    """Codes symbol maps (C, h, w) with one categorical model per channel.
+    """Codes symbol maps (C, h, w), channel by channel, each symbol with the categorical model
+    of its channel and context (the symbols of up to `context` channels before it at the same
+    position: models.entropy.context_index).
 
-    frequencies: (C, A) integers, each >= 1, every row with the same power-of-two sum. The
-    models get those frequencies divided by their sum: exact in float64, and constriction turns
-    them into its own fixed-point table by a deterministic computation, so every process that
-    reads the same table codes the same bits."""
+    frequencies: (C, contexts, A) integers, each >= 1, every row with the same power-of-two sum.
+    The models get those frequencies divided by their sum: exact in float64, and constriction
+    turns them into its own fixed-point table by a deterministic computation, so every process
+    that reads the same table codes the same bits."""
 
-    def __init__(self, frequencies: np.ndarray) -> None:
+    def __init__(self, frequencies: np.ndarray, context: int) -> None:
         constriction = _constriction()
         self._stream = constriction.stream  # type: ignore[attr-defined]
         table = np.asarray(frequencies, dtype=np.float64)
-        probabilities = table / table.sum(axis=1, keepdims=True)
-        categorical = self._stream.model.Categorical
-        self.models = [categorical(row, perfect=False) for row in probabilities]
+        self.probabilities = table / table.sum(axis=-1, keepdims=True)
+        self.levels, self.context = table.shape[-1], context
+        self.family = self._stream.model.Categorical(perfect=False)
+
+    def _rows(self, channel: int, planes: list[np.ndarray], n: int) -> np.ndarray:
+        """(n, A) probabilities of channel `channel`'s n symbols, given the planes before it."""
+        previous = [planes[channel - j] for j in range(1, self.context + 1) if channel - j >= 0]
+        where = np.broadcast_to(context_index(previous, self.levels), (n,))
+        return np.ascontiguousarray(self.probabilities[channel][where])
 
     def encode(self, symbols: np.ndarray) -> bytes:
         """symbols (C, h, w) ints in [0, A) -> the payload."""
+        planes = [np.ascontiguousarray(p.ravel(), dtype=np.int32) for p in symbols]
         coder = self._stream.stack.AnsCoder()
         # a stack: the last channel is pushed first so that decoding pops channel 0 first
-        for channel in reversed(range(len(symbols))):
-            flat = np.ascontiguousarray(symbols[channel].ravel(), dtype=np.int32)
-            coder.encode_reverse(flat, self.models[channel])
+        for channel in reversed(range(len(planes))):
+            rows = self._rows(channel, planes, len(planes[channel]))
+            coder.encode_reverse(planes[channel], self.family, rows)
         words = np.asarray(coder.get_compressed(), dtype="<u4").tobytes()
         trimmed = len(words)
         while trimmed > len(words) - 3 and trimmed > 0 and words[trimmed - 1] == 0:
@@ -62,9 +72,12 @@ class SymbolCoder:
         channels, height, width = shape
         padded = payload + b"\0" * (-len(payload) % 4)
         words = np.frombuffer(padded, dtype="<u4").astype(np.uint32)
+        planes: list[np.ndarray] = []
         try:
             coder = self._stream.stack.AnsCoder(words)
-            planes = [coder.decode(self.models[c], height * width) for c in range(channels)]
+            for channel in range(channels):
+                rows = self._rows(channel, planes, height * width)
+                planes.append(coder.decode(self.family, rows).astype(np.int64))
         except (ValueError, RuntimeError, AssertionError):
             return None
         if not coder.is_empty():

@@ -7,9 +7,10 @@ gain units do: quality level q scales the bounded value by its own learned step 
 (so a channel takes at most 2 round(s) + 1 of the `levels` symbols) and the decoder sees the
 symbol divided by s again. A low quality uses few, coarse levels; a high one, all of them.
 
-The entropy model is a factorised prior (Balle et al. 2017): one categorical distribution over
-the symbols of each (quality, channel), shared by every position of the code map, so it holds for
-images of any size. Its rate is exact at the symbols and, for the encoder's gradient, linearly
+The entropy model is a factorised prior (Balle et al. 2017) made a little richer: one
+categorical distribution over the symbols of each (quality, channel, context), where the context
+is the symbols of the previous channels at the same position; it is shared by every position of
+the code map, so it holds for images of any size. Its rate is exact at the symbols and, for the encoder's gradient, linearly
 interpolated between the two symbols around the continuous value: the encoder learns which
 values are cheap, the prior learns the symbols' frequencies (a cross-entropy).
 
@@ -21,12 +22,20 @@ reads the same numbers, whatever torch computes on that machine.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PRECISION", "FactorisedPrior", "StepQuantiser", "integer_frequencies"]
+__all__ = [
+    "PRECISION",
+    "ChannelContextPrior",
+    "StepQuantiser",
+    "context_index",
+    "integer_frequencies",
+]
 
 PRECISION = 16  # bits of the integer frequency tables: each row sums to 2**PRECISION
 
@@ -83,15 +92,32 @@ class StepQuantiser(nn.Module):
         return (symbols.float() - self.middle) / self.steps(quality)
 
 
-class FactorisedPrior(nn.Module):
-    """One categorical over `levels` symbols per (quality, channel); `frequencies` (Q, C, A)
-    int32 is its integer table for entropy coding (see `refresh`)."""
+def context_index(previous: Sequence[Any], levels: int) -> Any:
+    """The context of one channel's symbols: its `previous` channels' symbols at the same
+    positions (nearest first; tensors or arrays of one shape) as one index in [0, levels**k):
+    sum_j previous[j] * levels**j. 0 for the first channel. The entropy model and the coder both
+    compute it here, so they can never disagree."""
+    index: Any = 0
+    for power, plane in enumerate(previous):
+        index = index + plane * levels**power
+    return index
+
+
+class ChannelContextPrior(nn.Module):
+    """A categorical over `levels` symbols per (quality, channel, context): channel c's symbol at
+    a position is predicted from the symbols of up to `context` channels before it at the same
+    position (a cheap channel-wise context, after Minnen & Singh 2020's channel conditioning;
+    context 0 is the factorised prior). Shared by every position, so it holds for any image
+    size, and every channel of an image decodes in one call. `frequencies` (Q, C, K, A) int32,
+    K = levels**context, is its integer table for entropy coding (see `refresh`)."""
 
     frequencies: torch.Tensor
 
-    def __init__(self, qualities: int, channels: int, levels: int) -> None:
+    def __init__(self, qualities: int, channels: int, levels: int, context: int) -> None:
         super().__init__()
-        self.logits = nn.Parameter(torch.zeros(qualities, channels, levels))
+        self.levels, self.context = levels, context
+        contexts = levels**context
+        self.logits = nn.Parameter(torch.zeros(qualities, channels, contexts, levels))
         self.register_buffer("frequencies", integer_frequencies(self.logits))
 
     @torch.no_grad()
@@ -100,29 +126,48 @@ class FactorisedPrior(nn.Module):
         the saved tables are always those of the saved logits)."""
         self.frequencies.copy_(integer_frequencies(self.logits))
 
+    def contexts(self, symbols: torch.Tensor) -> torch.Tensor:
+        """symbols (B, C, h, w) -> each symbol's context index (B, C, h, w)."""
+        planes = [
+            context_index(
+                [symbols[:, c - j] for j in range(1, self.context + 1) if c - j >= 0], self.levels
+            )
+            * torch.ones_like(symbols[:, 0])
+            for c in range(symbols.shape[1])
+        ]
+        return torch.stack(planes, dim=1)
+
     def rate(
         self, coordinate: torch.Tensor, symbols: torch.Tensor, quality: torch.Tensor
     ) -> torch.Tensor:
         """Bits per image (B,) of `symbols` (B, C, h, w): exact in value; the gradient reaches
         the logits through the exact code lengths and the encoder through `coordinate` (the
-        continuous position between two symbols), by linear interpolation of the lengths."""
-        bits = -F.log_softmax(self.logits[quality].float(), dim=-1) / math.log(2)  # (B, C, A)
-        flat_symbols = symbols.flatten(2)  # (B, C, h*w)
-        exact = bits.gather(2, flat_symbols)
+        continuous position between two symbols), by linear interpolation of the lengths
+        (contexts are taken as given)."""
+        table = -F.log_softmax(self.logits[quality].float(), dim=-1) / math.log(2)  # (B,C,K,A)
+        where = self.contexts(symbols.detach()).flatten(2)  # (B, C, N)
+        bits = table.gather(2, where[..., None].expand(-1, -1, -1, self.levels))  # (B,C,N,A)
+        exact = bits.gather(3, symbols.flatten(2)[..., None])[..., 0]
         fixed = bits.detach()
-        position = coordinate.flatten(2).clamp(0, bits.shape[-1] - 1)
-        below = position.detach().floor().clamp(max=bits.shape[-1] - 2).long()
+        position = coordinate.flatten(2).clamp(0, self.levels - 1)
+        below = position.detach().floor().clamp(max=self.levels - 2).long()
         share = position - below
-        between = (1 - share) * fixed.gather(2, below) + share * fixed.gather(2, below + 1)
+        low = fixed.gather(3, below[..., None])[..., 0]
+        high = fixed.gather(3, below[..., None] + 1)[..., 0]
+        between = (1 - share) * low + share * high
         return (exact + between - between.detach()).flatten(1).sum(1)
 
+    @torch.no_grad()
     def sample(
         self, quality: int, shape: tuple[int, int, int, int], generator: torch.Generator | None
     ) -> torch.Tensor:
-        """Symbols (n, C, h, w) drawn from the prior of `quality` (0-based)."""
+        """Symbols (n, C, h, w) drawn from the prior of `quality` (0-based), channel by channel."""
         n, channels, height, width = shape
-        probabilities = torch.softmax(self.logits[quality].detach().float().cpu(), dim=-1)
-        draws = torch.multinomial(
-            probabilities, n * height * width, replacement=True, generator=generator
-        )  # (C, n*h*w)
-        return draws.view(channels, n, height, width).transpose(0, 1).contiguous()
+        probabilities = torch.softmax(self.logits[quality].float().cpu(), dim=-1)  # (C, K, A)
+        drawn: list[torch.Tensor] = []
+        for c in range(channels):
+            previous = [drawn[c - j] for j in range(1, self.context + 1) if c - j >= 0]
+            where = context_index(previous, self.levels) * torch.ones(n * height * width).long()
+            rows = probabilities[c][where]  # (n*h*w, A)
+            drawn.append(torch.multinomial(rows, 1, generator=generator)[:, 0])
+        return torch.stack(drawn).view(channels, n, height, width).transpose(0, 1).contiguous()

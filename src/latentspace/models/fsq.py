@@ -24,7 +24,7 @@ from torch import nn
 
 from latentspace.errors import ConfigError, DataError
 from latentspace.models.base import GenerativeModel
-from latentspace.models.entropy import FactorisedPrior, StepQuantiser
+from latentspace.models.entropy import ChannelContextPrior, StepQuantiser
 from latentspace.models.layers import NetworkConfig
 from latentspace.models.likelihood import ms_ssim, ssim
 from latentspace.models.networks import make_decoder, make_encoder
@@ -53,6 +53,7 @@ class FSQConfig(NetworkConfig):
     width: int = 64  # spatial: channels inside the networks
     blocks: int = 1  # spatial: residual blocks after each halving
     levels: int = 9  # symbols per code channel at the highest quality (odd, >= 3)
+    context: int = 2  # the entropy model predicts a channel from this many channels before it
     # the rate weight of each quality level, quality 1 first: distortion (squared error summed
     # over pixels in [0, 1]) + lambda * rate (bits per image); larger lambda, fewer bytes
     lambdas: tuple[float, ...] = (0.03, 0.012, 0.005, 0.002)
@@ -77,6 +78,11 @@ class FSQConfig(NetworkConfig):
                 )
         if self.levels < 3 or self.levels % 2 == 0 or self.levels > 255:
             raise ConfigError(f"model.levels = {self.levels} must be odd, between 3 and 255")
+        if not 0 <= self.context <= 3 or self.levels**self.context > 4096:
+            raise ConfigError(
+                f"model.context = {self.context} with {self.levels} levels: give 0 to 3, with "
+                "levels ** context at most 4096 (the entropy tables' contexts)"
+            )
         if not self.lambdas or any(not lam > 0 for lam in self.lambdas):
             raise ConfigError(f"model.lambdas = {self.lambdas}: give one positive value or more")
         if any(b >= a for a, b in zip(self.lambdas, self.lambdas[1:], strict=False)):
@@ -136,7 +142,9 @@ class FSQ(GenerativeModel):
             self.decoder = make_decoder(flat, image_shape, decoder)
         qualities = len(config.lambdas)
         self.quantiser = StepQuantiser(qualities, config.latent_dim, config.levels)
-        self.prior = FactorisedPrior(qualities, config.latent_dim, config.levels)
+        self.prior = ChannelContextPrior(
+            qualities, config.latent_dim, config.levels, config.context
+        )
         self.register_buffer("lambdas", torch.tensor(config.lambdas), persistent=False)
         if self.spatial:  # oneDNN's faster layout, as build_model does for conv networks
             self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -148,8 +156,9 @@ class FSQ(GenerativeModel):
         return len(self.config.lambdas)
 
     @property
-    def symbol_levels(self) -> int:
-        return int(self.config.levels)
+    def context_channels(self) -> int:
+        """How many channels before it predict a channel's symbols (the coder's context)."""
+        return int(self.config.context)
 
     def code_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(channels, h, w) of the symbol map of an image of that size."""
@@ -278,8 +287,9 @@ class FSQ(GenerativeModel):
         return torch.sigmoid(self._synthesise(z, size))
 
     def frequency_table(self, quality: int) -> np.ndarray:
-        """The integer table (C', levels) int64 that codes the symbols of `quality`: each entry
-        >= 1, each row summing to 2**entropy.PRECISION."""
+        """The integer table (C', contexts, levels) int64 that codes the symbols of `quality`
+        (see entropy.ChannelContextPrior): each entry >= 1, each row summing to
+        2**entropy.PRECISION."""
         self._check_quality(quality)
         return self.prior.frequencies[quality - 1].cpu().numpy().astype(np.int64)
 
