@@ -75,6 +75,7 @@ def train(
     way (a figure that cannot be made is a line in the page; a report that cannot be written is
     one warning line, never a failed run). Returns the opened run."""
     from latentspace.analysis.report import write_training_report
+    from latentspace.distributed import is_main
 
     say = log or (lambda line: print(line, flush=True))
     run = _train_run(
@@ -88,10 +89,11 @@ def train(
         log=log,
         diagnostics=diagnostics,
     )
-    if not quiet:
-        say(f"run saved in {run.path}")
-    if report:
-        write_training_report(run.path, quiet=quiet, log=say)
+    if is_main():  # under torchrun, rank 0 alone speaks and writes the report
+        if not quiet:
+            say(f"run saved in {run.path}")
+        if report:
+            write_training_report(run.path, quiet=quiet, log=say)
     return run
 
 

@@ -5,12 +5,17 @@ takes its own steps (`GenerativeModel.training_step`), and the trainer only loop
 saves. A run directory is written at the start and after every epoch, atomically, with one commit
 point (trainer_state.pt, written last), so a run killed at any instant can be resumed to the same
 weights an uninterrupted one would reach. The run's lock keeps a second writer out.
+
+Under torchrun the same run trains on every process (`distributed`): each takes its part of
+every global batch, the models' steps average their gradients, and rank 0 alone writes the run,
+logs and runs the callbacks; every decision (a stop, a failure to write) is rank 0's, told to all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -18,14 +23,15 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from latentspace import runs
-from latentspace._device import configure_threads, select_device
+from latentspace import distributed, runs
+from latentspace._device import configure_threads
 from latentspace.config import Config, TrainConfig
-from latentspace.data import Batches, ImageSet, prepare_data
+from latentspace.data import Batches, Images, ImageSet, prepare_data
 from latentspace.errors import ConfigError, RunError, StorageError, TrainingDiverged
 from latentspace.models import GenerativeModel, build_model, check_rebuilds, for_data
 from latentspace.models.base import diverging_lr
@@ -79,8 +85,10 @@ def _make_scheduler(
 
 
 @torch.no_grad()
-def average_terms(model: GenerativeModel, batches: Iterable[torch.Tensor]) -> dict[str, float]:
-    """The model's validation terms averaged over images (weighted by batch size)."""
+def _sum_terms(
+    model: GenerativeModel, batches: Iterable[torch.Tensor]
+) -> tuple[dict[str, float], int]:
+    """The model's validation terms summed over images, and the number of images."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -90,7 +98,19 @@ def average_terms(model: GenerativeModel, batches: Iterable[torch.Tensor]) -> di
             sums[key] = sums.get(key, 0.0) + value * len(x)
         count += len(x)
     model.train(was_training)
+    return sums, count
+
+
+def average_terms(model: GenerativeModel, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+    """The model's validation terms averaged over images (weighted by batch size)."""
+    sums, count = _sum_terms(model, batches)
     return {key: value / max(count, 1) for key, value in sums.items()}
+
+
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of torch's generator for one rank's epoch (its noise, a GAN's codes): different
+    on every rank, and the same after a resume (NumPy's SeedSequence mixes the three)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 def _divergence_advice(train: TrainConfig) -> str:
@@ -136,19 +156,26 @@ class Trainer:
         self.config = config
         self.train_config = config.train
         self.run_dir = run_dir
-        self.callbacks = list(callbacks)
-        self.quiet = quiet or is_silenced()
+        # under torchrun: rank 0 alone logs and runs the callbacks (they write into the run)
+        self.world = distributed.world_size()
+        self.rank = distributed.rank() if self.world > 1 else 0
+        self.callbacks = list(callbacks) if self.rank == 0 else []
+        self.quiet = quiet or is_silenced() or self.rank != 0
         self.log = log or (lambda line: print(line, flush=True))
-        self.device = select_device(config.train.device)
+        self.device = distributed.device_for(config.train.device)
         # Reading a number back from a GPU waits for all queued work, so there the running loss
-        # sums are read (and checked for divergence) every few steps; on a CPU reading is free.
-        self.check_every = 1 if self.device.type == "cpu" else 25
+        # sums are read (and checked for divergence) every few steps; on a CPU reading is free,
+        # unless the check is a collective of all ranks.
+        self.check_every = 1 if self.device.type == "cpu" and self.world == 1 else 25
         self.threads = configure_threads(config.train.threads)
         self.model = model.to(self.device)
+        self.trained_on = distributed.describe(self.device, config.train.precision)
         dynamic = config.data.binarize == "dynamic"
         self.generator = torch.Generator().manual_seed(config.train.seed)
         # the data decides how it is batched: images by data.Batches, text by its own class
         batches = getattr(train_set, "batch_class", Batches)
+        # under torchrun each rank takes its part of every global batch (data.Batches)
+        shard: dict[str, Any] = {"rank": self.rank, "world": self.world} if self.world > 1 else {}
         self.train_batches = batches(
             self._place(train_set.images),
             config.train.batch_size,
@@ -156,8 +183,11 @@ class Trainer:
             dynamic=dynamic,
             generator=self.generator,
             device=self.device,
+            **shard,
         )
         self.val_set = val_set
+        # validation is shared out too, unless there are fewer images than ranks
+        self.val_shared = val_set is not None and len(val_set) >= self.world > 1
         self.val_batches = (
             None
             if val_set is None
@@ -166,6 +196,7 @@ class Trainer:
                 config.train.batch_size,
                 dynamic=dynamic,
                 device=self.device,
+                **(shard if self.val_shared else {}),
             )
         )
         self.optimizers = model.configure_optimizers()
@@ -180,8 +211,11 @@ class Trainer:
         # this process: the time left of the whole run is extrapolated from them
         self.epoch_walls: list[float] = []
 
-    def _place(self, images: torch.Tensor) -> torch.Tensor:
-        """Move the whole uint8 dataset to the device once, when it fits comfortably."""
+    def _place(self, images: torch.Tensor | Images) -> torch.Tensor | Images:
+        """Move the whole uint8 dataset to the device once, when it fits comfortably (a folder's
+        on-disk cache stays where it is: Batches reads and moves one batch at a time)."""
+        if isinstance(images, Images):
+            return images
         if self.device.type == "cpu" or images.numel() > _MAX_DEVICE_BYTES:
             return images
         return images.to(self.device)
@@ -273,9 +307,9 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
         """Train until train.epochs, early stopping, or a callback stops it. Returns the records."""
-        if self.epoch == 0 and not (self.run_dir / runs.STATE).exists():
-            self.save()  # a loadable, resumable run exists from the first second
-        _call(self.callbacks, "on_train_start", self)
+        if self.epoch == 0:  # a loadable, resumable run exists from the first second
+            distributed.agree(self._save_start, "saved the run's start")
+        distributed.agree(lambda: _call(self.callbacks, "on_train_start", self), "began")
         self.model.train()
         epochs = self.train_config.epochs
         if self.epoch < epochs and not self.stop_reason and not self.quiet:
@@ -291,22 +325,37 @@ class Trainer:
             if warnings:
                 record["warnings"] = warnings
             self.records.append(record)
-            _call(self.callbacks, "on_checkpoint", self, record)
-            self.save()
-            self.epoch_walls.append(time.perf_counter() - started)
-            self._report(record)
-            try:
-                _call(self.callbacks, "on_epoch_end", self, record)
-            except StopTraining as stop:
-                self.stop_reason = str(stop) or "stopped by a callback"
-                self.save()
+            distributed.agree(
+                functools.partial(self._commit, record, started), f"saved epoch {self.epoch}"
+            )
+            # rank 0's decision (early stopping, a callback's StopTraining) is every rank's
+            if distributed.broadcast_flag(1 if self.stop_reason else 0) and not self.stop_reason:
+                self.stop_reason = "stopped by rank 0"
         self._finish()
         return self.records
+
+    def _save_start(self) -> None:
+        if not (self.run_dir / runs.STATE).exists():
+            self.save()
+
+    def _commit(self, record: dict[str, Any], started: float) -> None:
+        """The epoch's checkpoint, its line and the callbacks (rank 0's part of an epoch)."""
+        _call(self.callbacks, "on_checkpoint", self, record)
+        self.save()
+        self.epoch_walls.append(time.perf_counter() - started)
+        self._report(record)
+        try:
+            _call(self.callbacks, "on_epoch_end", self, record)
+        except StopTraining as stop:
+            self.stop_reason = str(stop) or "stopped by a callback"
+            self.save()
 
     def _run_epoch(self) -> dict[str, Any]:
         model, epoch = self.model, self.epoch
         model.on_epoch_start(epoch, self.train_config.epochs)
         model.train()
+        if self.world > 1:  # each rank its own noise, the same again after a resume
+            torch.manual_seed(_rank_seed(self.train_config.seed, epoch, self.rank))
         names: list[str] = []
         sums = torch.zeros(0)
         count = 0
@@ -323,7 +372,11 @@ class Trainer:
         )
         with bar:
             for step, x in enumerate(self.train_batches):
-                terms = model.training_step(x, self.optimizers)
+                if self.world > 1:
+                    with distributed.gradient_weight(len(x), self.train_batches.global_size):
+                        terms = model.training_step(x, self.optimizers)
+                else:
+                    terms = model.training_step(x, self.optimizers)
                 if not names:
                     names = list(terms)
                     sums = torch.zeros(len(names), dtype=torch.float64, device=x.device)
@@ -331,7 +384,8 @@ class Trainer:
                 count += len(x)
                 _call(self.callbacks, "on_batch_end", self, x, terms)
                 if step % check_every == 0 or step == last:
-                    total = float(sums[names.index("total")])
+                    # every rank checks the sum over all ranks, so all stop together
+                    total = float(distributed.all_reduce_sum(sums[names.index("total")]))
                     if not math.isfinite(total):
                         self._diverged(total, step)
                     if step % 20 == 0 or check_every > 1:
@@ -345,7 +399,11 @@ class Trainer:
                                 refresh=False,
                             )
                 bar.update()
-        totals = sums.tolist()
+        sums = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([count])]))
+        totals, count = sums[:-1].tolist(), int(sums[-1])
+        # batch-norm statistics and counters as rank 0 has them (DistributedDataParallel's
+        # broadcast_buffers), so validation and the checkpoint are the same on every rank
+        distributed.broadcast_state(model, buffers_only=True)
         seconds = time.perf_counter() - start
         lr = self.optimizers[0].param_groups[0]["lr"]
         for scheduler in self.schedulers:
@@ -359,15 +417,24 @@ class Trainer:
             "lr": lr,
             "seconds": round(seconds, 4),
             "samples_per_s": round(count / seconds, 1),
+            "trained_on": self.trained_on,
         }
         if self.val_batches is not None:
-            self.val_batches.generator.manual_seed(
-                self.train_config.seed + 1
-            )  # same draw each epoch
-            record["val"] = average_terms(model, self.val_batches)
+            record["val"] = self._validate(self.val_batches)
             if model.monitor is not None:
                 self._early_stopping(record["val"][model.monitor])
         return record
+
+    def _validate(self, batches: Batches) -> dict[str, float]:
+        """The validation terms averaged over the validation images (of all ranks)."""
+        batches.generator.manual_seed(self.train_config.seed + 1)  # the same draw each epoch
+        sums, count = _sum_terms(self.model, batches)
+        if self.val_shared:
+            keys = sorted(sums)
+            local = torch.tensor([*(sums[k] for k in keys), count], dtype=torch.float64)
+            *values, total = distributed.all_reduce_sum(local.to(self.device)).tolist()
+            sums, count = dict(zip(keys, values, strict=True)), int(total)
+        return {key: value / max(count, 1) for key, value in sums.items()}
 
     def _early_stopping(self, val_total: float) -> None:
         if val_total < self.best_val - self.train_config.min_delta:
@@ -422,8 +489,11 @@ class Trainer:
         plain = type(self.train_batches)(
             self.train_batches.images, self.train_config.batch_size, device=self.device
         )
-        self.model.on_train_end(plain)
+        self.model.on_train_end(plain)  # on every rank: each ends with the model rank 0 saves
         self.model.eval()
+        distributed.agree(self._save_end, "saved the trained model")
+
+    def _save_end(self) -> None:
         runs.save_model(self.run_dir, self.model, self.epoch)
         _call(self.callbacks, "on_train_end", self)
 
@@ -462,21 +532,17 @@ def train(
         from latentspace.diagnostics import Diagnostics
 
         callbacks = [Diagnostics(), *callbacks]
-    created = False
-    if resume:
-        runs.read_run_config(run_dir)  # a folder that is not a run: say so before locking it
-    else:
-        runs.check_out(run_dir, config.data.dataset)  # before anything is written
-        created = not run_dir.exists()
+    restarted = distributed.launch().restarts > 0
+    if restarted and not resume and not networks and (run_dir / runs.CONFIG).exists():
+        resume = True  # torchrun --max-restarts started the job again: continue its last commit
+    with distributed.process_group(config.train.device), contextlib.ExitStack() as held:
+        if resume:
+            runs.read_run_config(run_dir)  # a folder that is not a run: say so before locking it
+        # rank 0 alone creates and locks the folder, and tells the others whether it could
+        created = distributed.agree(
+            lambda: _claim(run_dir, config.data.dataset, resume, held), f"claimed {run_dir}"
+        )
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise StorageError(f"cannot create {run_dir}: {error.strerror or error}") from None
-    with runs.lock_run(run_dir, "train --resume" if resume else "train"):
-        try:
-            runs.clean_temporary(run_dir)
-            if not resume:
-                runs.check_out(run_dir, config.data.dataset)  # again: another may have been first
             trainer = _prepare(config, run_dir, networks, resume, callbacks, quiet, log)
             trainer.fit()
         except BaseException:
@@ -487,6 +553,24 @@ def train(
                         run_dir.rmdir()
             raise
     return runs.open_run(run_dir)
+
+
+def _claim(run_dir: Path, dataset: str, resume: bool, held: contextlib.ExitStack) -> bool:
+    """Check out (a new run) or find (a resumed one) the run folder and take its lock, held until
+    `held` closes; whether the folder was created here."""
+    created = False
+    if not resume:
+        runs.check_out(run_dir, dataset)  # before anything is written
+        created = not run_dir.exists()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"cannot create {run_dir}: {error.strerror or error}") from None
+    held.enter_context(runs.lock_run(run_dir, "train --resume" if resume else "train"))
+    runs.clean_temporary(run_dir)
+    if not resume:
+        runs.check_out(run_dir, dataset)  # again: another may have been first
+    return created
 
 
 def _prepare(
@@ -505,7 +589,9 @@ def _prepare(
             saved, train=dataclasses.replace(saved.train, epochs=config.train.epochs)
         )
     torch.manual_seed(config.train.seed)
-    train_set, val_set = prepare_data(config)
+    # rank 0 reads the dataset first (a folder's cache is then built once), then the others
+    data = distributed.agree(lambda: prepare_data(config), "read the dataset")
+    train_set, val_set = data if data is not None else prepare_data(config)
     if resume and train_set.image_shape != image_shape:
         raise RunError(
             f"{run_dir} was trained on {image_shape} images but {config.data.dataset} "
@@ -516,7 +602,7 @@ def _prepare(
     model = build_model(config.model, train_set.image_shape, config.train, **networks)
     if networks:  # the run must load again from config.json alone: check that before training
         check_rebuilds(model, config.model, train_set.image_shape, config.train)
-    extra = {
+    extra: dict[str, Any] = {
         "classes": train_set.classes,
         "train_images": len(train_set),
         "val_images": len(val_set) if val_set is not None else 0,
@@ -528,6 +614,14 @@ def _prepare(
     if state is not None:  # None: killed before its first commit, so it starts from epoch 0
         trainer.load_state_dict(state)
         trainer.model.to(trainer.device)
-        trainer.reconcile()
-    runs.save_config(run_dir, config, train_set.image_shape, extra)
+    # every rank starts from rank 0's weights, as DistributedDataParallel does
+    distributed.broadcast_state(trainer.model)
+    extra["trained_on"] = trainer.trained_on
+
+    def write() -> None:
+        if state is not None:
+            trainer.reconcile()
+        runs.save_config(run_dir, config, train_set.image_shape, extra)
+
+    distributed.agree(write, f"wrote {run_dir / runs.CONFIG}")
     return trainer

@@ -34,6 +34,14 @@ class Batches:
 
     shuffle: a new permutation from `generator` each epoch. dynamic: each batch is a fresh
     Bernoulli draw with the pixel intensities as probabilities (Salakhutdinov & Murray 2008).
+    rank, world: this process's part of every global batch of `batch_size` images when `world`
+    processes train together (torchrun). Every rank draws the same permutation (and the noise of
+    the whole global batch) from the same seed, then keeps its contiguous part of each global
+    batch, so each image is seen once per epoch, the generators stay in step, and the parts add
+    up to the batch one process would see. A last global batch of fewer images than processes
+    is skipped (a rank cannot step on no images); with one process nothing is.
+    pin: copy each batch through page-locked memory, so that its copy to a GPU runs alongside
+    the GPU's work (`non_blocking`); only for images kept on the CPU and a CUDA device.
     """
 
     def __init__(
@@ -45,6 +53,8 @@ class Batches:
         dynamic: bool = False,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.images = images
         self.batch_size = batch_size
@@ -52,26 +62,55 @@ class Batches:
         self.dynamic = dynamic
         self.generator = generator if generator is not None else torch.Generator()
         self.device = torch.device(device) if device is not None else images.device
+        self.rank, self.world = rank, world
+        self.pin = self.device.type == "cuda" and images.device.type == "cpu"
+        self.global_size = 0  # images in the global batch of the batch last yielded
 
     def __len__(self) -> int:
-        return (len(self.images) + self.batch_size - 1) // self.batch_size
+        full, rest = divmod(len(self.images), self.batch_size)
+        return full + (1 if rest and rest >= self.world else 0)
+
+    def _shard(self, start: int, n: int) -> tuple[int, int]:
+        """(first, end) of this rank's part of the global batch images[start : start + n]."""
+        size, extra = divmod(n, self.world)
+        first = start + self.rank * size + min(self.rank, extra)
+        return first, first + size + (1 if self.rank < extra else 0)
+
+    def _gather(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """images[index] on the target device; through pinned memory for a GPU (the caching host
+        allocator keeps a pinned block until its asynchronous copy has finished)."""
+        if not self.pin or isinstance(self.images, Images):
+            return self.images[index].to(self.device, non_blocking=True)
+        rows = len(range(len(self.images))[index]) if isinstance(index, slice) else len(index)
+        out = torch.empty((rows, *self.images.shape[1:]), dtype=self.images.dtype, pin_memory=True)
+        if isinstance(index, slice):
+            out.copy_(self.images[index])
+        else:
+            torch.index_select(self.images, 0, index, out=out)
+        return out.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         n = len(self.images)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None
         for start in range(0, n, self.batch_size):
+            size = min(self.batch_size, n - start)
+            if size < self.world:
+                break
+            first, end = self._shard(start, size) if self.world > 1 else (start, start + size)
+            index: torch.Tensor | slice = slice(first, end)
+            if order is not None:
+                index = order[first:end]
+                if self.images.device.type != "cpu":
+                    index = index.to(self.images.device)
             if isinstance(self.images, Images) and self.images.augments:  # data.crop, data.flip
-                size = min(self.batch_size, n - start)
-                where = torch.arange(start, start + size) if order is None else order[start:][:size]
-                draws = torch.rand((size, 3), generator=self.generator)
-                batch = self.images.augmented(where, draws)
-            elif order is None:
-                batch = self.images[start : start + self.batch_size]
+                draws = torch.rand((size, 3), generator=self.generator)[first - start : end - start]
+                x = to_float(self.images.augmented(index, draws).to(self.device))
             else:
-                batch = self.images[order[start : start + self.batch_size].to(self.images.device)]
-            x = to_float(batch.to(self.device, non_blocking=True))
+                x = to_float(self._gather(index))
             if self.dynamic:
-                # draw on the CPU generator so a run is reproducible on any device
-                noise = torch.rand(x.shape, generator=self.generator).to(x.device)
-                x = (noise < x).to(x.dtype)
+                # draw on the CPU generator so a run is reproducible on any device; the whole
+                # global batch's noise, so that every rank's generator stays in step
+                noise = torch.rand((size, *x.shape[1:]), generator=self.generator)
+                x = (noise[first - start : end - start].to(x.device) < x).to(x.dtype)
+            self.global_size = size
             yield x

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import torch
 from torch import nn
 
+from latentspace.distributed import average_gradients
 from latentspace.errors import DataError
 from latentspace.models.layers import weight_penalties
 from latentspace.settings import TrainConfig
@@ -265,11 +266,14 @@ class GenerativeModel(nn.Module):
         loss: torch.Tensor,
         parameters: Iterable[nn.Parameter] | None = None,
     ) -> None:
-        """Backpropagate `loss` and take one step, clipping the gradient norm when configured."""
+        """Backpropagate `loss` and take one step, clipping the gradient norm when configured.
+        Under torchrun the gradients of `parameters` are first averaged over the processes
+        (`distributed.average_gradients`), so each optimizer steps on its own players' mean."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        params = list(parameters) if parameters is not None else list(self.parameters())
+        average_gradients(params)
         if self.train_config.grad_clip > 0:
-            params = list(parameters) if parameters is not None else list(self.parameters())
             nn.utils.clip_grad_norm_(params, self.train_config.grad_clip)
         optimizer.step()
 
