@@ -226,3 +226,55 @@ def test_an_image_family_on_text_is_a_one_line_error(tmp_path: Path, corpus: Pat
         ls.train(config, tmp_path / "run", quiet=True, report=False, diagnostics=False)
     one_line(error.value, "reads images", "text", *TEXT_FAMILIES)
     assert not (tmp_path / "run").exists()
+
+
+# ---- the commands --------------------------------------------------------------------------
+def test_commands_print_sentences(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from latentspace.cli import main
+
+    config = text_config(corpus, "sentence_vae")
+    run = tmp_path / "run"
+    ls.train(config, run, quiet=True, report=False, diagnostics=False)
+    capsys.readouterr()
+    assert main(["generate", str(run), "-n", "4", "--seed", "1"]) == 0
+    generated = capsys.readouterr().out.splitlines()
+    assert len(generated) == 4 and all(line.strip() for line in generated)
+    codes = tmp_path / "codes.npz"
+    assert main(["encode", str(run), "the cat sat on the mat.", "--out", str(codes)]) == 0
+    capsys.readouterr()
+    for strategy in ("greedy", "beam", "sample"):
+        assert main(["decode", str(run), str(codes), "--strategy", strategy]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 1
+    assert main(["encode", str(run), str(corpus), "--limit", "3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and len(printed[0].split("\t")[1].split()) == 3
+    assert main(["reconstruct", str(run), "a dog ran.", "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "  a dog ran." in out and "> " in out and "tokens recovered" in out
+    args = [
+        "interpolate",
+        str(run),
+        "--from",
+        "the cat sat.",
+        "--to",
+        "a big dog ran.",
+        "--steps",
+        "4",
+    ]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        lines[0] == "from: the cat sat." and lines[-1] == "to:   a big dog ran." and len(lines) == 6
+    )
+    assert main(["evaluate", str(run), "--nll-samples", "3", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert {"nll", "perplexity", "kl", "active_units", "mutual_information", "bleu"} <= set(record)
+    assert record["token_accuracy"] >= 0 and record["perplexity"] > 1
+    assert main(["info", str(run)]) == 0
+    assert "characters>" in capsys.readouterr().out  # the tokenizer's JSON is not printed
+    assert (
+        main(["generate", str(run), "-n", "2", "--strategy", "sample", "--temperature", "0"]) == 1
+    )
+    assert "temperature" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from latentspace.analysis import latent
+from latentspace.commands import _text
 from latentspace.commands._common import add_device_arguments, load_input, open_run_for_use
 from latentspace.data import (
     Images,
@@ -72,11 +73,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("interpolate", help="decode a path between two images' codes")
     p.add_argument("run", type=Path)
-    p.add_argument("--from", dest="source", required=True, help="image file or dataset:split:index")
-    p.add_argument("--to", dest="target", required=True, help="image file or dataset:split:index")
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="image file or dataset:split:index (text models: a sentence)",
+    )
+    p.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        help="image file or dataset:split:index (text models: a sentence)",
+    )
     p.add_argument("--steps", type=int, default=10, help="codes on the path, ends included")
     p.add_argument("--mode", choices=["lerp", "slerp"], default="lerp")
-    p.add_argument("--out", type=Path, required=True, help="strip.png to write")
+    p.add_argument("--out", type=Path, help="strip.png to write (text models print the steps)")
+    _text.add_decoding_arguments(p)
     add_device_arguments(p)
     p.set_defaults(handler=run_interpolate)
 
@@ -209,6 +221,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nll-samples {args.nll_samples} must be 0 or more")
     _check_limit(args.limit)
     run = open_run_for_use(args)
+    if run.model.inputs == "text":
+        return _text.evaluate(args, run)
     # the record is appended to the run: a read-only folder or another writer is one line now,
     # not after the evaluation
     check_writable(run.path / METRICS)
@@ -289,6 +303,10 @@ def run_interpolate(args: argparse.Namespace) -> int:
     if args.steps < 2:
         raise ConfigError(f"--steps {args.steps}: an interpolation needs at least 2")
     run = open_run_for_use(args)
+    if run.model.inputs == "text":
+        return _text.interpolate(args, run)
+    if args.out is None:
+        raise ConfigError("interpolate: give --out (the strip.png to write)")
     source, source_name = load_one(args.source, run)
     target, target_name = load_one(args.target, run)
     codes = _encode(run, torch.cat([source, target]))

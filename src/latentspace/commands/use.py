@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latentspace.commands import _text
 from latentspace.commands._common import add_device_arguments, load_input, open_run_for_use
 from latentspace.data import batched
 from latentspace.errors import ConfigError, DataError
@@ -27,10 +28,14 @@ MAX_GENERATE_VALUES = 2**27
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("encode", help="images -> latent codes (.npz)")
+    p = subparsers.add_parser("encode", help="images (or sentences) -> latent codes (.npz)")
     p.add_argument("run", type=Path)
-    p.add_argument("input", help="NAME[:split] (default split: test), image folder, or .npy/.npz")
-    p.add_argument("--out", type=Path, required=True, help="codes file to write (.npz)")
+    p.add_argument(
+        "input",
+        help="NAME[:split] (default split: test), image folder, or .npy/.npz; for a text model "
+        "a sentence, a .txt file or a corpus name",
+    )
+    p.add_argument("--out", type=Path, help="codes file to write (.npz; text: else printed)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument(
         "--sample",
@@ -46,8 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path)
     p.add_argument("codes", type=Path, help="a codes file written by `latentspace encode`")
     p.add_argument(
-        "--out", type=Path, required=True, help="a folder (one PNG per code) or grid.png"
+        "--out", type=Path, help="a folder (one PNG per code) or grid.png (text: a .txt file)"
     )
+    p.add_argument("--seed", type=int, default=0, help="text models: seeds --strategy sample")
+    _text.add_decoding_arguments(p)
     p.add_argument(
         "--force",
         action="store_true",
@@ -62,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-n", type=int, default=64, help=f"how many images (default 64, at most {MAX_GENERATE:,})"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="grid.png, or a folder for single PNGs")
+    p.add_argument("--out", type=Path, help="grid.png, or a folder for single PNGs (text: .txt)")
+    _text.add_decoding_arguments(p)
     add_device_arguments(p)
     p.set_defaults(handler=run_generate)
 
@@ -70,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path)
     p.add_argument("input", help="NAME[:split] (default split: test), image folder, or .npy/.npz")
     p.add_argument("-n", type=int, default=16, help="how many images (default 16)")
-    p.add_argument("--out", type=Path, required=True, help="grid.png to write")
+    p.add_argument("--out", type=Path, help="grid.png to write (text: a .txt file, else printed)")
     add_device_arguments(p)
     p.set_defaults(handler=run_reconstruct)
 
@@ -88,6 +96,12 @@ def _human(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
+def _need_out(args: argparse.Namespace) -> None:
+    """--out is optional only for text models, which print their sentences."""
+    if args.out is None:
+        raise ConfigError(f"{args.command}: give --out (the file or folder to write)")
+
+
 def weights_id(run: Run) -> str:
     """The SHA-256 of the run's model.safetensors: which weights made a codes file."""
     return weights_sha256(run.path)
@@ -97,6 +111,9 @@ def run_encode(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit}: give at least 1, or leave --limit out")
     run = open_run_for_use(args)
+    if run.model.inputs == "text":
+        return _text.encode(args, run)
+    _need_out(args)
     images = load_input(args.input, run, args.limit)
     generator = torch.Generator().manual_seed(args.seed)
     model = run.model
@@ -198,6 +215,9 @@ def run_decode(args: argparse.Namespace) -> int:
     run = open_run_for_use(args)
     array, origin = _read_codes(args.codes, run.model.latent_dim)
     _check_origin(args.codes, origin, run, args.force)
+    if run.model.inputs == "text":
+        return _text.decode(args, run, array)
+    _need_out(args)
     codes = torch.from_numpy(array.astype(np.float32))
     images = batched(run.model.decode, codes, run.model.device)
     title = f"{run.path}: {len(images)} codes of {args.codes} decoded"
@@ -214,6 +234,9 @@ def run_generate(args: argparse.Namespace) -> int:
             "another --seed for more"
         )
     run = open_run_for_use(args)
+    if run.model.inputs == "text":
+        return _text.generate(args, run)
+    _need_out(args)
     values = math.prod(run.image_shape)
     most = MAX_GENERATE_VALUES // values
     if args.n > most:
@@ -232,6 +255,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise DataError(f"-n {args.n}: ask for at least one image")
     run = open_run_for_use(args)
+    if run.model.inputs == "text":
+        return _text.reconstruct(args, run)
+    _need_out(args)
     images = load_input(args.input, run, args.n)
     model = run.model
     recon = batched(model.reconstruct, images.images, model.device)
@@ -290,7 +316,10 @@ def run_info(args: argparse.Namespace) -> int:
         f"latentspace {run.info.get('latentspace_version')}"
     )
     for section, values in config_to_dict(run.config).items():
-        print(f"[{section}] " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        shown = {
+            k: v if len(str(v)) < 200 else f"<{len(str(v))} characters>" for k, v in values.items()
+        }
+        print(f"[{section}] " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     print(f"parameters: {sum(c for *_, c in layers):,}")
     for name, shape, count in layers:
         print(f"  {name:<40} {'x'.join(map(str, shape)):>14} {count:>10,}")

@@ -1,0 +1,154 @@
+"""The sentence VAE against its language-model baseline on the fortunes corpus (issue 20).
+
+Each model trains for --minutes M of wall time on --threads cores (the same decoder; the VAE adds
+the encoder and the code), then both are scored on the corpus's test split: the importance-
+weighted NLL bound with K = --samples (>= 100) and perplexity, and for the VAE the KL per
+sentence, active units (Cov_x E_q[z] > the threshold `evaluate` uses), mutual information, and
+the greedy token recovery and BLEU of decode(encode(s)). Then five interpolations between test
+sentences and twenty sentences generated from the prior, unedited.
+
+Targets: VAE NLL <= LM NLL, with KL >= 5 nats and >= 8 active units; token recovery >= 50%.
+
+    latentspace data fetch fortunes
+    .venv/bin/python bench/text_vae.py [--minutes 30] [--threads 2] [--samples 100]
+    .venv/bin/python bench/text_vae.py --quick   # a minute: proves the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import latentspace as ls
+from latentspace.analysis.text_evaluate import evaluate_text
+from latentspace.data import held_out
+from latentspace.train import StopTraining
+
+
+class TimeBudget:
+    """Stops training after the epoch that would otherwise end past `seconds` (a stop is only
+    allowed once an epoch is committed, so the next epoch is skipped when it would not fit)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.start, self.last = seconds, time.perf_counter(), 0.0
+
+    def on_epoch_end(self, trainer: object, record: dict[str, Any]) -> None:
+        elapsed = time.perf_counter() - self.start
+        epoch_seconds = elapsed - self.last
+        self.last = elapsed
+        if elapsed + epoch_seconds > self.seconds:
+            raise StopTraining(f"time budget: {elapsed / 60:.1f} of {self.seconds / 60:g} minutes")
+
+
+def settings(args: argparse.Namespace, family: str) -> list[str]:
+    common = [
+        "data.dataset=fortunes",
+        f"model.name={family}",
+        "train.epochs=1000",
+        f"train.batch_size={args.batch_size}",
+        f"train.threads={args.threads}",
+        "train.device=cpu",
+        f"train.lr={args.lr}",
+        "train.grad_clip=5",
+        f"model.embedding_dim={args.embedding}",
+        f"model.hidden_size={args.hidden}",
+    ]
+    if args.quick:
+        common.append("data.limit=2000")
+    if family == "lm":
+        return common
+    return [*common, f"model.latent_dim={args.latent}", *args.vae]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=100, help="K of the IWAE bound")
+    parser.add_argument("--test-limit", type=int, default=0, help="score this many (0: all)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--embedding", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--latent", type=int, default=32)
+    parser.add_argument("--vae", nargs="*", default=[], help="more model.key=value for the VAE")
+    parser.add_argument("--out", type=Path, default=None, help="keep the runs here")
+    parser.add_argument("--quick", action="store_true", help="tiny: 2000 sentences, 1 minute")
+    args = parser.parse_args()
+    if args.quick:
+        args.minutes, args.test_limit, args.samples = min(args.minutes, 0.5), 100, 10
+    torch.set_num_threads(args.threads)
+    out = args.out or Path(tempfile.mkdtemp(prefix="text-vae-"))
+    results, models = {}, {}
+    for family in ("sentence_vae", "lm"):
+        config = ls.apply_overrides(ls.default_config(), settings(args, family))
+        started = time.perf_counter()
+        run = ls.train(
+            config,
+            out / family,
+            quiet=True,
+            report=False,
+            callbacks=[TimeBudget(args.minutes * 60)],
+        )
+        epochs = [r for r in run.metrics if r.get("kind") == "epoch"]
+        minutes = (time.perf_counter() - started) / 60
+        test = held_out(run.config).images
+        assert test is not None
+        ids = test.images[: args.test_limit or None]
+        t0 = time.perf_counter()
+        scores = evaluate_text(run.model, ids, samples=args.samples)
+        scores.update(epochs=len(epochs), train_minutes=round(minutes, 2))
+        scores["eval_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+        results[family], models[family] = scores, run.model
+        print(f"{family}: {json.dumps(scores)}", flush=True)
+    show(results, models, held_out(ls.open_run(out / "sentence_vae").config).images, args)
+    print(f"runs kept in {out}")
+    return 0
+
+
+def show(
+    results: dict[str, Any], models: dict[str, Any], test: Any, args: argparse.Namespace
+) -> None:
+    vae, lm = results["sentence_vae"], results["lm"]
+    print(
+        f"\nNLL (IWAE, K={args.samples}) per sentence: VAE {vae['nll']:.2f} vs LM {lm['nll']:.2f} "
+        f"(target VAE <= LM: {'met' if vae['nll'] <= lm['nll'] else 'MISSED'})"
+    )
+    print(f"perplexity: VAE {vae['perplexity']:.1f} vs LM {lm['perplexity']:.1f}")
+    print(
+        f"KL per sentence {vae['kl']:.2f} nats (target >= 5: {'met' if vae['kl'] >= 5 else 'MISSED'})"
+    )
+    print(
+        f"active units {vae['active_units']} of {vae['latent_dim']} "
+        f"(target >= 8: {'met' if vae['active_units'] >= 8 else 'MISSED'})"
+    )
+    print(
+        f"greedy token recovery {vae['token_accuracy']:.1%} (target >= 50%: "
+        f"{'met' if vae['token_accuracy'] >= 0.5 else 'MISSED'}), BLEU {vae['bleu']:.1f}, "
+        f"mutual information {vae['mutual_information']:.2f} nats"
+    )
+    model = models["sentence_vae"]
+    generator = torch.Generator().manual_seed(0)
+    pick = torch.randperm(len(test), generator=generator)[:10].tolist()
+    print("\nfive interpolations (greedy decoding of the homotopy, 5 steps):")
+    for a, b in zip(pick[0::2], pick[1::2], strict=True):
+        z = model.encode([test.sentences[a], test.sentences[b]])
+        steps = torch.linspace(0, 1, 5).unsqueeze(1)
+        path = (1 - steps) * z[0] + steps * z[1]
+        print(f"  from: {test.sentences[a]}")
+        for t, line in zip(steps.squeeze(1).tolist(), model.decode(path), strict=True):
+            print(f"    {t:.2f}  {line}")
+        print(f"  to:   {test.sentences[b]}")
+    print("\ntwenty sentences generated from the prior (greedy):")
+    for line in model.generate(20, generator=generator):
+        print(f"  {line}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
