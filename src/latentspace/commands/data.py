@@ -16,8 +16,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         handler=run_list
     )
     p = actions.add_parser("fetch", help="fetch a named dataset into the data home")
-    p.add_argument("names", nargs="+", choices=[*DATASETS, "all"], metavar="NAME")
+    from latentspace.data.text_corpus import CORPORA
+
+    p.add_argument("names", nargs="+", choices=[*DATASETS, *CORPORA, "all"], metavar="NAME")
     p.set_defaults(handler=run_fetch)
+
+
+def _list_corpora() -> None:
+    from latentspace.data.text_corpus import CORPORA, corpus_status
+
+    for name, corpus in CORPORA.items():
+        present, directory = corpus_status(name)
+        how = f"run `latentspace data fetch {name}`"
+        print(f"  {name:<14} {f'present  {directory}' if present else f'missing  ({how})'}")
+        print(f"  {'':<14} {corpus.description}")
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -26,13 +38,24 @@ def run_list(args: argparse.Namespace) -> int:
         present, directory = dataset_status(name)
         state = f"present  {directory}" if present else f"missing  ({spec.how_to_get})"
         print(f"  {name:<14} {state}\n  {'':<14} {spec.description}")
+    _list_corpora()
     print("Any folder of images or .npy/.npz file also works as --dataset PATH.")
+    print("So does a UTF-8 .txt file (one sentence per line) or a folder of them, for text models.")
     return 0
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    names = list(DATASETS) if "all" in args.names else args.names
+    from latentspace.data.text_corpus import CORPORA, corpus_status, fetch_corpus
+
+    names = [*DATASETS, *CORPORA] if "all" in args.names else args.names
     for name in names:
+        if name in CORPORA:
+            present, directory = corpus_status(name)
+            if present:
+                print(f"{name}: already present in {directory}")
+            else:
+                fetch_corpus(name)
+            continue
         present, directory = dataset_status(name)
         if present:
             print(f"{name}: already present in {directory}")
