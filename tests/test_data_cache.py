@@ -257,3 +257,18 @@ def test_evaluate_on_a_folder_run_needs_no_split(
     assert main(["evaluate", str(tmp_path / "run"), "--nll-samples", "2"]) == 0
     out = capsys.readouterr().out
     assert "test split" in out
+
+
+def test_data_cache_command_decodes_now_and_training_reuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write(tmp_path / "photos", 6)
+    (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG not really")
+    assert main(["data", "cache", str(tmp_path / "photos")]) == 0
+    out = capsys.readouterr().out
+    assert "6 images of 1 size(s), 1 unreadable" in out
+    decoded = _decodes(monkeypatch)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\).*broken\.png"):
+        assert len(resolve(str(tmp_path / "photos"))) == 6
+    assert decoded == []
+    assert main(["data", "cache", str(tmp_path / "nowhere")]) == 1

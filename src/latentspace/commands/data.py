@@ -1,10 +1,12 @@
-"""`latentspace data list | fetch NAME`."""
+"""`latentspace data list | fetch NAME | cache FOLDER`."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from latentspace.data import DATASETS, data_home, dataset_status, fetch
+from latentspace.data import DATASETS, cache_root, data_home, dataset_status, fetch
+from latentspace.data.cache import cache_folder
 
 __all__ = ["register"]
 
@@ -20,6 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p.add_argument("names", nargs="+", choices=[*DATASETS, *CORPORA, "all"], metavar="NAME")
     p.set_defaults(handler=run_fetch)
+    p = actions.add_parser(
+        "cache",
+        help="decode an image folder into its on-disk cache now (the first use would do it)",
+    )
+    p.add_argument("folder", type=Path)
+    p.add_argument("--size", type=int, help="resize to SIZE x SIZE, as data.size")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="as data.channels")
+    p.set_defaults(handler=run_cache)
 
 
 def _list_corpora() -> None:
@@ -41,6 +51,12 @@ def run_list(args: argparse.Namespace) -> int:
     _list_corpora()
     print("Any folder of images or .npy/.npz file also works as --dataset PATH.")
     print("So does a UTF-8 .txt file (one sentence per line) or a folder of them, for text models.")
+    print(f"image folders are decoded once into {cache_root()}  (set LATENTSPACE_CACHE to move it)")
+    return 0
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    print(cache_folder(args.folder, args.size, args.channels))
     return 0
 
 

@@ -44,7 +44,7 @@ from latentspace.data.store import DiskRecords, Images, check_crop
 from latentspace.errors import DataError, StorageError
 from latentspace.progress import Progress
 
-__all__ = ["SHARD_FILES", "cache_root", "folder_cache", "open_folder"]
+__all__ = ["SHARD_FILES", "cache_folder", "cache_root", "folder_cache", "open_folder", "workers"]
 
 FORMAT = 1
 SHARD_FILES = 256  # files per shard on average: the unit of parallel work, resume and update
@@ -372,6 +372,31 @@ def open_folder(
     if crop is not None:
         check_crop(images, crop, manifest["names"])
     return files._image_set(folder, images, [Path(n) for n in manifest["names"]])
+
+
+def cache_folder(folder: Path, size: int | None = None, channels: int | None = None) -> str:
+    """Decode `folder` into its cache now (or bring it up to date), as the first use would; a
+    sentence saying what the cache holds (`latentspace data cache`)."""
+    folder = folder.expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder of images")
+    entries, _ = _listing(folder.resolve())
+    if not entries:
+        raise DataError(f"no images ({', '.join(files.IMAGE_SUFFIXES)}) found in folder {folder}")
+    directory, manifest, index = _prepared(
+        folder.resolve(),
+        entries,
+        (size, channels),
+        per_shard=SHARD_FILES,
+        processes=workers(),
+        quiet=False,
+    )
+    sides = {tuple(side) for side in index[:, 3:5].tolist()}
+    held = sum(nbytes for _, nbytes in manifest["shards"]) / 2**20
+    return (
+        f"{folder}: {len(index)} images of {len(sides)} size(s), {len(manifest['skipped'])} "
+        f"unreadable, {held:.1f} MiB decoded in {directory}"
+    )
 
 
 def _report_skipped(
