@@ -38,7 +38,8 @@ def _free_port() -> int:
 
 def _worker(rank: int, jobs: list[tuple[Config, str, int]], kill_at: int, restarted: bool) -> None:
     """One of WORLD ranks: train each (config, out, port) of `jobs` as torchrun's worker would.
-    With kill_at, rank 1 kills itself (SIGKILL) at its kill_at-th optimiser step; each rank saves
+    With kill_at, rank 1 kills itself (SIGKILL) at its kill_at-th optimiser step of the last job
+    (`steps` counts from that job's start); each rank saves
     its own final weights beside the run (NAME-rank{r}.safetensors) to compare the ranks."""
     os.environ.update(
         RANK=str(rank),
@@ -52,11 +53,11 @@ def _worker(rank: int, jobs: list[tuple[Config, str, int]], kill_at: int, restar
     from latentspace.train import Trainer
 
     average = base.average_gradients
-    steps = [0]
+    steps = [0, 0]  # optimiser steps in this job, whether this job is the one to kill
 
     def counted(parameters: Any) -> None:
         steps[0] += 1
-        if rank == 1 and steps[0] == kill_at:
+        if rank == 1 and steps[1] and steps[0] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         average(parameters)
 
@@ -70,8 +71,9 @@ def _worker(rank: int, jobs: list[tuple[Config, str, int]], kill_at: int, restar
         return records
 
     Trainer.fit = fit_and_keep  # type: ignore[method-assign]
-    for config, out, port in jobs:
+    for index, (config, out, port) in enumerate(jobs):
         os.environ["MASTER_PORT"] = str(port)  # a new rendezvous for each job
+        steps[:] = [0, index == len(jobs) - 1]
         ls.train(config, out, quiet=True, report=False, diagnostics=rank == 0)
 
 
@@ -115,9 +117,13 @@ def _gan(data: Path) -> Config:
 @pytest.fixture(scope="module")
 def two_processes(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One job of two ranks training an AE (dynamic binarization: the noise is drawn per global
-    batch) and a conv GAN with batch norm, a generator average and lazy R1."""
+    batch), a conv GAN with batch norm, a generator average and lazy R1, and then the AE again
+    into `killed`, where rank 1 is killed (SIGKILL) in the middle of epoch 2 (4 steps an epoch).
+    One job for all three: starting processes is what costs."""
     where = tmp_path_factory.mktemp("ddp")
-    _spawn([(_ae(data), where / "ae"), (_gan(data), where / "gan")])
+    jobs = [(_ae(data), where / "ae"), (_gan(data), where / "gan"), (_ae(data), where / "killed")]
+    with pytest.raises(mp.ProcessExitedException, match="signal SIGKILL"):
+        _spawn(jobs, kill_at=6)
     return where
 
 
@@ -170,12 +176,9 @@ def test_every_rank_ends_with_the_weights_rank_0_saved(two_processes: Path) -> N
 def test_a_killed_rank_resumes_to_the_weights_of_an_uninterrupted_run(
     two_processes: Path, data: Path, tmp_path: Path
 ) -> None:
-    """Rank 1 is killed (SIGKILL) in the middle of epoch 2 (4 steps an epoch); the job is started
-    again as torchrun --max-restarts does (TORCHELASTIC_RESTART_COUNT=1, the same command) and
-    continues from the last commit."""
-    out = tmp_path / "killed"
-    with pytest.raises(mp.ProcessExitedException):
-        _spawn([(_ae(data), out)], kill_at=6)
+    """The job killed in `two_processes` is started again as torchrun --max-restarts does
+    (TORCHELASTIC_RESTART_COUNT=1, the same command) and continues from the last commit."""
+    out = two_processes / "killed"
     kept = runs.committed_epoch(out)
     assert kept is not None and kept < 3
     _spawn([(_ae(data), out)], restarted=True)
