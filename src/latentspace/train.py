@@ -533,9 +533,11 @@ def train(
 
         callbacks = [Diagnostics(), *callbacks]
     restarted = distributed.launch().restarts > 0
-    if restarted and not resume and not networks and (run_dir / runs.CONFIG).exists():
-        resume = True  # torchrun --max-restarts started the job again: continue its last commit
     with distributed.process_group(config.train.device), contextlib.ExitStack() as held:
+        if restarted and not resume and not networks:
+            # torchrun --max-restarts started the job again: continue its last commit, as rank 0
+            # finds the folder (every rank must take the same path)
+            resume = bool(distributed.broadcast_flag(int((run_dir / runs.CONFIG).exists())))
         if resume:
             runs.read_run_config(run_dir)  # a folder that is not a run: say so before locking it
         # rank 0 alone creates and locks the folder, and tells the others whether it could
