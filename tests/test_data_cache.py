@@ -272,3 +272,20 @@ def test_data_cache_command_decodes_now_and_training_reuses_it(
         assert len(resolve(str(tmp_path / "photos"))) == 6
     assert decoded == []
     assert main(["data", "cache", str(tmp_path / "nowhere")]) == 1
+
+
+def test_crops_and_flips_of_in_memory_images(tiny_npz: Path) -> None:
+    """Arrays and named datasets stay tensors; crops and flips come as a view over them."""
+    config = _config(tiny_npz, crop=8, flip="true")
+    train, val = prepare_data(config)
+    assert isinstance(train.images, Images) and train.image_shape == (1, 8, 8)
+    assert val is not None and torch.equal(
+        val.images[:], val.images.records.tensor[:, :, 2:10, 2:10]
+    )  # type: ignore[union-attr]
+
+    def epoch(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.cat(list(Batches(train.images, 16, shuffle=True, generator=generator)))
+
+    assert torch.equal(epoch(0), epoch(0)) and not torch.equal(epoch(0), epoch(1))
+    assert isinstance(prepare_data(_config(tiny_npz))[0].images, torch.Tensor)
