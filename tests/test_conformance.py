@@ -56,7 +56,11 @@ NETWORK_SETUPS: dict[str, dict[str, Any]] = {
         "decoder": network_path(tiny_network.TinyDecoder),
     },
 }
-FAMILIES = [*MODELS, *[name for name in [EXAMPLE_FAMILY.name] if name not in MODELS]]
+# Families are run on the data they declare they read (`inputs`): images here; the text
+# families by the text branch at the end of this file.
+IMAGE_FAMILIES = [name for name, cls in MODELS.items() if cls.inputs == "images"]
+TEXT_FAMILIES = [name for name, cls in MODELS.items() if cls.inputs == "text"]
+FAMILIES = [*IMAGE_FAMILIES, *[name for name in [EXAMPLE_FAMILY.name] if name not in MODELS]]
 
 
 @pytest.fixture(params=FAMILIES)
@@ -459,6 +463,72 @@ def test_train_refuses_networks_a_run_could_not_rebuild(
 
 class _MyReLU(nn.ReLU):
     pass
+
+
+# ---- the text branch: families whose `inputs` is "text" ------------------------------------
+TEXT_SHAPE = (1, 12, 40)  # (1, max tokens, vocabulary size)
+
+
+def tokens(n: int) -> torch.Tensor:
+    """n token-id rows BOS ... EOS of different lengths, padded with 0."""
+    ids = torch.randint(4, TEXT_SHAPE[2], (n, 9), generator=seeded(n))
+    ids[:, 0] = 2
+    for i in range(n):
+        end = 3 + i % 6
+        ids[i, end], ids[i, end + 1 :] = 3, 0
+    return ids
+
+
+def build_text(family: str, train: TrainConfig | None = None) -> GenerativeModel:
+    torch.manual_seed(0)
+    config = MODELS[family].config_class(embedding_dim=8, hidden_size=16)
+    return build_model(config, TEXT_SHAPE, train or TrainConfig(lr=1e-2))
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_text_family_steps_encodes_decodes_and_bounds(family: str) -> None:
+    model = build_text(family)
+    assert model.monitor is not None and model.has_likelihood()
+    before = trainable(model)
+    terms = model.training_step(tokens(8), model.configure_optimizers())
+    assert all(v.dim() == 0 and not v.requires_grad for v in terms.values())
+    after = dict(model.named_parameters())
+    assert not [n for n, p in before.items() if torch.equal(p, after[n])]
+    assert model.monitor in model.validation_step(tokens(8))
+    model.eval()
+    d = model.latent_dim
+    z = model.encode(tokens(3))
+    assert tuple(z.shape) == (3, d) and torch.equal(z, model.encode(tokens(3)))
+    assert tuple(model.sample_latent(5, generator=seeded(0)).shape) == (5, d)
+    sentences = model.decode(z)  # no tokenizer (built without data): ids as words
+    assert isinstance(sentences, list) and len(sentences) == 3
+    generated = [model.generate(4, generator=seeded(1)) for _ in range(2)]
+    assert generated[0] == generated[1] and len(generated[0]) == 4
+    bound = model.likelihood_bound(tokens(4), 3, generator=seeded(0))
+    assert tuple(bound.nll.shape) == (4,) and tuple(bound.code.shape) == (4, d)
+    assert bool(torch.isfinite(bound.nll).all() and torch.isfinite(bound.negative_elbo).all())
+    with pytest.raises(DataError) as error:
+        model.encode(images(2))
+    assert_one_line(error.value, "token ids")
+    with pytest.raises(DataError) as error:
+        model.decode(torch.rand(2, d + 1))
+    assert_one_line(error.value, f"(B, {d})")
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_text_family_save_load_round_trip_is_bit_exact(family: str, tmp_path: Path) -> None:
+    model = build_text(family)
+    optimizers = model.configure_optimizers()
+    for _ in range(2):
+        model.training_step(tokens(8), optimizers)
+    model.eval()
+    runs.save_config(tmp_path, Config(model=model.config, train=model.train_config), TEXT_SHAPE)
+    runs.save_model(tmp_path, model, epoch=1)
+    loaded = ls.open_run(tmp_path).model
+    saved = model.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in loaded.state_dict().items())
+    z = model.sample_latent(3, generator=seeded(0))
+    assert model.decode(z) == loaded.decode(z)
 
 
 def test_diagnostics_measure_networks_of_your_own() -> None:

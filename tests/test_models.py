@@ -14,6 +14,9 @@ from latentspace.errors import ConfigError
 from latentspace.models import MODELS, VAE, VAEConfig, build_model
 from latentspace.models.vae import gaussian_kl
 
+# the families these tests build for images (text families: tests/test_text.py)
+IMAGE_FAMILIES = [name for name, cls in MODELS.items() if cls.inputs == "images"]
+
 SHAPES = [(1, 12, 12), (3, 16, 16), (1, 13, 11)]
 
 
@@ -22,7 +25,7 @@ def _config(name: str, architecture: str) -> object:
     return cls(latent_dim=3, architecture=architecture, hidden_sizes=(16,), channels=(4, 8))
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", IMAGE_FAMILIES)
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_model_conforms(name: str, architecture: str, shape: tuple[int, int, int]) -> None:
@@ -46,7 +49,7 @@ def test_model_conforms(name: str, architecture: str, shape: tuple[int, int, int
     assert torch.equal(generated, again), "generation with the same generator must repeat"
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", IMAGE_FAMILIES)
 def test_conv_weights_are_channels_last_and_compute_the_same(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(_config(name, "conv"), (1, 12, 12))
@@ -71,7 +74,7 @@ def test_conv_weights_are_channels_last_and_compute_the_same(name: str) -> None:
     assert all(p.is_contiguous() for p in mlp.parameters())
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", IMAGE_FAMILIES)
 def test_training_step_changes_parameters(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(_config(name, "mlp"), (1, 8, 8))
@@ -90,7 +93,7 @@ def test_kl_matches_torch_distributions() -> None:
     torch.testing.assert_close(gaussian_kl(mu, logvar), expected)
 
 
-@pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if cls.monitor is not None])
+@pytest.mark.parametrize("name", [n for n in IMAGE_FAMILIES if MODELS[n].monitor is not None])
 def test_overfits_one_batch(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(_config(name, "mlp"), (1, 8, 8), TrainConfig(lr=1e-2))
@@ -103,7 +106,7 @@ def test_overfits_one_batch(name: str) -> None:
     assert last < 0.25 * first, f"reconstruction went from {first:.1f} to {last:.1f}"
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", IMAGE_FAMILIES)
 def test_bf16_mixed_precision_trains_with_float32_weights(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(_config(name, "mlp"), (1, 8, 8), TrainConfig(lr=1e-2, precision="bf16"))
