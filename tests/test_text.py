@@ -290,3 +290,32 @@ def test_early_stopping_watches_the_declared_term(
     run = ls.train(config, tmp_path / "run", quiet=True, report=False, diagnostics=False)
     epochs = [r for r in run.metrics if r.get("kind") == "epoch"]
     assert len(epochs) == 2 and MODELS[family].monitor in epochs[0]["val"]
+
+
+def test_posterior_collapse_is_said_in_plain_words(tmp_path: Path, corpus: Path) -> None:
+    """A KL weighed 50 times pushes every code to the prior (collapse: warned, with the KL and
+    the text remedies); without a KL term the codes spread (no warning)."""
+    from latentspace.diagnostics import Diagnostics, Thresholds
+
+    said = {}
+    for name, beta in (("collapsed", "50"), ("healthy", "0")):
+        config = text_config(
+            corpus,
+            "sentence_vae",
+            "train.epochs=3",
+            "train.lr=0.01",
+            f"model.beta={beta}",
+            "model.kl_schedule=none",
+            "model.free_bits=0",
+            "model.word_dropout=0",
+        )
+        watch = Diagnostics(thresholds=Thresholds(collapse_steps=0))
+        run = ls.train(
+            config, tmp_path / name, quiet=True, report=False, diagnostics=False, callbacks=[watch]
+        )
+        said[name] = [w for r in run.metrics for w in r.get("warnings", [])]
+    collapse = [w for w in said["collapsed"] if "posterior collapse" in w]
+    assert collapse, said["collapsed"]
+    one_line(collapse[0], "of 3 latent units are active", "validation sentences", "KL ")
+    one_line(collapse[0], "model.word_dropout", "model.free_bits", "model.kl_schedule=cyclical")
+    assert not [w for w in said["healthy"] if "posterior collapse" in w], said["healthy"]

@@ -252,6 +252,15 @@ class Diagnostics:
             entry["first_layer"], entry["last_layer"] = self.layers[0].name, self.layers[-1].name
             entry["grad_ratio"] = first_grad / last_grad if last_grad > 0 else None
         entry.update(loss_entry(record, self.records, self.thresholds))
+        # what to try against posterior collapse, where the family declares it, and the KL
+        advice = getattr(trainer.model, "collapse_advice", "")
+        if advice:
+            entry["collapse_advice"] = advice
+        kl = record.get("val", record["train"]).get("kl")
+        if isinstance(kl, float):
+            entry["val_kl"] = kl
+        if not self.batch.is_floating_point():  # token ids: the examples are sentences
+            entry["val_unit"] = "sentences"
         signals = getattr(trainer.model, "training_signals", None)  # declared by the family
         if callable(signals):
             entry["signals"] = signals(record["train"])

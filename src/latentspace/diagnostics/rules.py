@@ -355,13 +355,19 @@ def _code_warnings(entry: dict[str, Any], t: Thresholds) -> list[Finding]:
         active, dims = stats.get("active_units"), stats.get("latent_dim")
         if active is None or not dims or active / dims > t.collapse:
             continue
+        kl = entry.get("val_kl")
+        # the family's own remedies where it declares them (GenerativeModel.collapse_advice)
+        advice = entry.get("collapse_advice") or (
+            "lower model.beta or warm the KL term up with --set model.kl_warmup_epochs=10"
+        )
         return [
             Finding(
                 "posterior_collapse",
                 f"only {active} of {dims} latent units are active (Cov_x E_q[z] > "
-                f"{ACTIVE_UNIT_THRESHOLD:g} on {entry.get('val_images', 0)} validation images): "
-                "posterior collapse, the decoder ignores the code; lower model.beta or warm the "
-                "KL term up with --set model.kl_warmup_epochs=10",
+                f"{ACTIVE_UNIT_THRESHOLD:g} on {entry.get('val_images', 0)} validation "
+                f"{entry.get('val_unit', 'images')}"
+                + (f"; KL {kl:.2f} nats each" if kl is not None else "")
+                + f"): posterior collapse, the decoder ignores the code; {advice}",
             )
         ]
     return []

@@ -128,6 +128,9 @@ class GenerativeModel(nn.Module):
     # The commands print sentences where they would save pictures; `models.for_data` refuses a
     # family that cannot read the training data.
     inputs: ClassVar[str] = "images"
+    # what to try when the code collapses (diagnostics' posterior-collapse warning says it);
+    # empty: the warning's own advice (the KL weight and its warm-up)
+    collapse_advice: ClassVar[str] = ""
     # buffers added after runs were first saved: a weights file without one loads, and the buffer
     # keeps its initial value (a counter that only sets a phase, never a learned weight)
     optional_state: ClassVar[frozenset[str]] = frozenset()

@@ -347,6 +347,10 @@ class SentenceVAE(LanguageModel):
     name = "sentence_vae"
     config_class = SentenceVAEConfig
     config: SentenceVAEConfig
+    collapse_advice = (
+        "try word dropout (--set model.word_dropout=0.5), free bits (--set model.free_bits=0.5) "
+        "or cyclical KL annealing (--set model.kl_schedule=cyclical)"
+    )
 
     def __init__(
         self,
