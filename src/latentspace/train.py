@@ -316,7 +316,12 @@ class Trainer:
             self.log(
                 f"training epochs {self.epoch + 1}-{epochs} of {epochs}, "
                 f"{len(self.train_batches)} batches of {self.train_config.batch_size} images "
-                f"each, on {self.device.type}"
+                f"each, on "
+                + (
+                    f"{self.world} processes ({self.trained_on['devices']})"
+                    if self.world > 1
+                    else self.device.type
+                )
             )
         while self.epoch < epochs and not self.stop_reason:
             started = time.perf_counter()
@@ -359,6 +364,7 @@ class Trainer:
         names: list[str] = []
         sums = torch.zeros(0)
         count = 0
+        failure: Exception | None = None
         check_every = self.check_every
         last = len(self.train_batches) - 1
         start = time.perf_counter()
@@ -382,10 +388,14 @@ class Trainer:
                     sums = torch.zeros(len(names), dtype=torch.float64, device=x.device)
                 sums += torch.stack([terms[name] for name in names]) * len(x)
                 count += len(x)
-                _call(self.callbacks, "on_batch_end", self, x, terms)
+                try:
+                    _call(self.callbacks, "on_batch_end", self, x, terms)
+                except Exception as error:  # on rank 0: the others learn at the next check
+                    if self.world == 1:
+                        raise
+                    failure = failure or error
                 if step % check_every == 0 or step == last:
-                    # every rank checks the sum over all ranks, so all stop together
-                    total = float(distributed.all_reduce_sum(sums[names.index("total")]))
+                    total = self._checked_total(sums[names.index("total")], failure)
                     if not math.isfinite(total):
                         self._diverged(total, step)
                     if step % 20 == 0 or check_every > 1:
@@ -424,6 +434,20 @@ class Trainer:
             if model.monitor is not None:
                 self._early_stopping(record["val"][model.monitor])
         return record
+
+    def _checked_total(self, total: torch.Tensor, failure: Exception | None) -> float:
+        """The running loss sum of all ranks (each rank checks the same number, so all stop
+        together) and, with it, whether a callback on rank 0 raised since the last check (a
+        divergence the diagnostics named): rank 0 raises that, the others a line naming it."""
+        if self.world == 1:
+            return float(total)
+        raised = total.new_tensor(0.0 if failure is None else 1.0)
+        summed, failed = distributed.all_reduce_sum(torch.stack([total, raised])).tolist()
+        if failed:
+            if failure is not None:
+                raise failure
+            raise RunError(f"rank 0 stopped training in epoch {self.epoch + 1}: see its error")
+        return float(summed)
 
     def _validate(self, batches: Batches) -> dict[str, float]:
         """The validation terms averaged over the validation images (of all ranks)."""

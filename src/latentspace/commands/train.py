@@ -11,6 +11,7 @@ from latentspace import train
 from latentspace.commands._common import add_override_argument
 from latentspace.config import Config, apply_overrides, load_config
 from latentspace.dashboards import LOGGERS
+from latentspace.distributed import is_main
 from latentspace.errors import ConfigError
 from latentspace.models import DEFAULT_MODEL, MODELS
 from latentspace.models.layers import ACTIVATIONS
@@ -141,9 +142,11 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         return _run_train(args)
     except KeyboardInterrupt:
-        print(
-            f"latentspace: interrupted; {_what_was_kept(args.resume or args.out)}", file=sys.stderr
-        )
+        if is_main():  # under torchrun every process is interrupted: one says what was kept
+            print(
+                f"latentspace: interrupted; {_what_was_kept(args.resume or args.out)}",
+                file=sys.stderr,
+            )
         return 130
 
 
@@ -159,7 +162,7 @@ def _what_was_kept(where: Path | None) -> str:
 def _train_logged(args: argparse.Namespace, config: Config, out: Path, **options: Any) -> None:
     """`train` with the live loggers --log asks for (imported only then), closed afterwards so
     MLflow also gets the report and an interrupted run is marked as such."""
-    if not args.log:
+    if not args.log or not is_main():  # under torchrun, rank 0 alone logs
         train(config, out, **options)
         return
     from latentspace.dashboards import close_loggers, make_loggers
