@@ -74,7 +74,10 @@ def _worker(rank: int, jobs: list[tuple[Config, str, int]], kill_at: int, restar
     for index, (config, out, port) in enumerate(jobs):
         os.environ["MASTER_PORT"] = str(port)  # a new rendezvous for each job
         steps[:] = [0, index == len(jobs) - 1]
-        ls.train(config, out, quiet=True, report=False, diagnostics=rank == 0)
+        try:
+            ls.train(config, out, quiet=True, report=False, diagnostics=rank == 0)
+        except ls.LatentspaceError as error:  # kept for the test to read; the next job goes on
+            Path(f"{out}-rank{rank}.error").write_text(str(error))
 
 
 def _spawn(jobs: list[tuple[Config, Path]], kill_at: int = 0, restarted: bool = False) -> None:
@@ -117,11 +120,18 @@ def _gan(data: Path) -> Config:
 @pytest.fixture(scope="module")
 def two_processes(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One job of two ranks training an AE (dynamic binarization: the noise is drawn per global
-    batch), a conv GAN with batch norm, a generator average and lazy R1, and then the AE again
-    into `killed`, where rank 1 is killed (SIGKILL) in the middle of epoch 2 (4 steps an epoch).
+    batch), a conv GAN with batch norm, a generator average and lazy R1, an AE whose loss
+    diverges, and then the AE again into `killed`, where rank 1 is killed (SIGKILL) in the
+    middle of epoch 2 (4 steps an epoch).
     One job for all three: starting processes is what costs."""
     where = tmp_path_factory.mktemp("ddp")
-    jobs = [(_ae(data), where / "ae"), (_gan(data), where / "gan"), (_ae(data), where / "killed")]
+    diverging = apply_overrides(_ae(data), ["train.optimizer=sgd", "train.lr=1e6"])
+    jobs = [
+        (_ae(data), where / "ae"),
+        (_gan(data), where / "gan"),
+        (diverging, where / "diverged"),
+        (_ae(data), where / "killed"),
+    ]
     with pytest.raises(mp.ProcessExitedException, match="signal SIGKILL"):
         _spawn(jobs, kill_at=6)
     return where
@@ -171,6 +181,16 @@ def test_every_rank_ends_with_the_weights_rank_0_saved(two_processes: Path) -> N
             _assert_close(saved, ranks[0], 0.0)
     gan = ls.load(two_processes / "gan")
     assert gan.generate(4, generator=torch.Generator().manual_seed(0)).isfinite().all()
+
+
+def test_a_divergence_stops_every_rank_with_one_line(two_processes: Path) -> None:
+    """No rank is left waiting for another: each ends with a one-line error, rank 0's naming
+    the cause, and the run keeps its last good state."""
+    errors = [(two_processes / f"diverged-rank{r}.error").read_text() for r in range(WORLD)]
+    assert all("\n" not in error for error in errors)
+    assert "learning rate" in errors[0] and "keeps the last good state" in errors[0]
+    model = ls.load(two_processes / "diverged")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_a_killed_rank_resumes_to_the_weights_of_an_uninterrupted_run(
