@@ -33,8 +33,8 @@ __all__ = [
     "NetworkConfig",
     "VAEConfig",
     "build_model",
-    "for_data",
     "check_rebuilds",
+    "for_data",
     "register_network",
 ]
 
