@@ -18,6 +18,7 @@ from latentspace.models.layers import NetworkConfig
 from latentspace.models.networks import NETWORKS, register_network
 from latentspace.models.sentence_vae import LanguageModel, SentenceVAE
 from latentspace.models.vae import VAE, VAEConfig
+from latentspace.models.vqvae import VQVAE
 from latentspace.settings import TrainConfig
 
 __all__ = [
@@ -44,6 +45,7 @@ MODELS: dict[str, type[GenerativeModel]] = {
     "gan": GAN,
     "sentence_vae": SentenceVAE,
     "lm": LanguageModel,
+    "vqvae": VQVAE,
     "fsq": FSQ,
 }
 DEFAULT_MODEL = "vae"  # the family a config without model.name trains
