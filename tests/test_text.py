@@ -319,3 +319,23 @@ def test_posterior_collapse_is_said_in_plain_words(tmp_path: Path, corpus: Path)
     one_line(collapse[0], "of 3 latent units are active", "validation sentences", "KL ")
     one_line(collapse[0], "model.word_dropout", "model.free_bits", "model.kl_schedule=cyclical")
     assert not [w for w in said["healthy"] if "posterior collapse" in w], said["healthy"]
+
+
+def test_neighbours_and_traverse_print_sentences(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from latentspace.cli import main
+
+    run = tmp_path / "run"
+    ls.train(text_config(corpus, "sentence_vae"), run, quiet=True, report=False)
+    capsys.readouterr()
+    assert main(["neighbours", str(run), "the cat sat.", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "query: the cat sat." and len(lines) == 4
+    distances = [float(line.split()[0]) for line in lines[1:]]
+    assert distances == sorted(distances)
+    assert main(["traverse", str(run), "--dims", "0,2", "--steps", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "around the prior mean:" and lines[1] == "z0:" and len(lines) == 9
+    assert main(["map", str(run), "--out", str(tmp_path / "map.png")]) == 1
+    assert "not made for text models" in capsys.readouterr().err

@@ -39,8 +39,10 @@ __all__ = [
     "evaluate",
     "generate",
     "interpolate",
+    "neighbours",
     "reconstruct",
     "sentences_of",
+    "traverse",
 ]
 
 STRATEGIES = ("greedy", "beam", "sample")
@@ -232,3 +234,43 @@ def describe(r: dict[str, Any]) -> list[str]:
         ]
     lines.append(f"took {r['seconds']} s; appended to metrics.jsonl")
     return lines
+
+
+def neighbours(args: argparse.Namespace, run: Run) -> int:
+    """The training sentences whose codes lie nearest the query's (Euclidean distance)."""
+    _needs_code(run, "neighbours")
+    model = _text_model(run)
+    pool = (
+        sentences_of(args.dataset, args.limit)
+        if args.dataset
+        else held_out(run.config).train.sentences[: args.limit or None]
+    )
+    codes = torch.cat([model.encode(pool[i : i + 256]).cpu() for i in range(0, len(pool), 256)])
+    query = model.encode([args.query]).cpu()
+    k = min(args.k, len(pool))
+    distances, indices = latent.nearest_neighbours(query, codes, k)
+    print(f"query: {args.query}")
+    for distance, index in zip(distances[0].tolist(), indices[0].tolist(), strict=True):
+        print(f"{distance:8.3f}  {pool[index]}")
+    return 0
+
+
+def traverse(args: argparse.Namespace, run: Run, dims: list[int]) -> int:
+    """Each chosen dimension moved from -range to +range prior standard deviations around the
+    input's code (or the prior mean), one decoded sentence a step."""
+    _needs_code(run, "traverse")
+    model = _text_model(run)
+    if args.input:
+        z = model.encode([args.input]).cpu()[0]
+        name = repr(args.input)
+    else:
+        z, name = torch.zeros(model.latent_dim), "the prior mean"
+    values = torch.linspace(-args.range, args.range, args.steps)
+    print(f"around {name}:")
+    for dim in dims:
+        path = z.repeat(args.steps, 1)
+        path[:, dim] = z[dim] + values
+        print(f"z{dim}:")
+        for value, sentence in zip(values.tolist(), _decode(run, path, args), strict=True):
+            print(f"  {value:+5.2f}  {sentence}")
+    return 0

@@ -98,7 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dims", default="all", help="all, or a list such as 0,3,5")
     p.add_argument("--range", type=float, default=3.0, help="prior standard deviations each way")
     p.add_argument("--steps", type=int, default=9, help="images per dimension (default 9)")
-    p.add_argument("--out", type=Path, required=True, help="grid.png: one row per dimension")
+    p.add_argument("--out", type=Path, help="grid.png: one row per dimension (text: printed)")
+    _text.add_decoding_arguments(p)
     add_device_arguments(p)
     p.set_defaults(handler=run_traverse)
 
@@ -121,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=8, help="how many neighbours (default 8)")
     p.add_argument("--dataset", help="where to search (default: the run's training split)")
     p.add_argument("--limit", type=int, help="search only the first N images")
-    p.add_argument("--out", type=Path, required=True, help="grid.png: the query, then neighbours")
+    p.add_argument("--out", type=Path, help="grid.png: the query, then neighbours (text: printed)")
     add_device_arguments(p)
     p.set_defaults(handler=run_neighbours)
 
@@ -335,6 +336,10 @@ def run_traverse(args: argparse.Namespace) -> int:
 
     run = open_run_for_use(args)
     dims = parse_dims(args.dims, run.model.latent_dim)
+    if run.model.inputs == "text":
+        return _text.traverse(args, run, dims)
+    if args.out is None:
+        raise ConfigError("traverse: give --out (the grid.png to write)")
     if args.input:
         image, name = load_one(args.input, run)
         z = _encode(run, image)[0]
@@ -364,6 +369,11 @@ def run_map(args: argparse.Namespace) -> int:
 
     _check_limit(args.limit)
     run = open_run_for_use(args)
+    if run.model.inputs == "text":
+        raise ConfigError(
+            f"map: not made for text models yet ({run.path} reads text); `latentspace encode` "
+            "writes the codes, `neighbours` and `interpolate` print sentences"
+        )
     spec = args.dataset or run.config.data.dataset
     images = load_input(spec, run, args.limit)
     codes = _encode(run, images.images)
@@ -378,6 +388,10 @@ def run_neighbours(args: argparse.Namespace) -> int:
         raise ConfigError(f"-k {args.k} must be at least 1")
     _check_limit(args.limit)
     run = open_run_for_use(args)
+    if run.model.inputs == "text":
+        return _text.neighbours(args, run)
+    if args.out is None:
+        raise ConfigError("neighbours: give --out (the grid.png to write)")
     query, name = load_one(args.query, run)
     data = run.config.data.dataset
     named = named_dataset(data)
