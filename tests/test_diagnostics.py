@@ -179,7 +179,7 @@ def test_detect_on_recorded_numbers() -> None:
     }
     history = [{"epoch": 2, "train_loss": 101.0, "val_loss": 104.0}]
     assert detect(healthy, history, 1e-3) == []
-    sick = dict(healthy, train_loss=150.0, val_loss=40.0, grad_ratio=1e-4)
+    sick = dict(healthy, train_loss=5000.0, val_loss=40.0, grad_ratio=1e-4)
     keys = {f.key for f in detect(sick, history, 1e-3)}
     assert keys == {"loss_spike", "loss_rise", "vanishing"}
     gap = dict(healthy, val_loss=140.0, gap_relative=0.4)

@@ -32,7 +32,7 @@ class Thresholds:
     exploding: float = 1e3  # a sampled step's gradient norm over the run's first step's above this
     update_high: float = 1.0  # largest update-to-weight ratio of the epoch's sampled steps
     update_low: float = 5e-4  # ... of the epoch's last step below this in every layer
-    loss_spike: float = 3.0  # epoch's mean training loss over its end-of-epoch loss above this
+    loss_spike: float = 100.0  # epoch's mean training loss over its end-of-epoch loss above this
     loss_rise: float = 0.05  # training loss rose by more than this fraction over one epoch
     upturn: float = 0.01  # validation loss above its best by this fraction while training falls
     upturn_epochs: int = 5  # ... in each of this many epochs in a row
