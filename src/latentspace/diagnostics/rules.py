@@ -393,16 +393,18 @@ def _adversarial_warnings(
             )
         )
     # healthy generators dip for an epoch or two early on, collapsing ones stay down
-    recent = [entry, *reversed(history)][: t.diversity_epochs]
+    epochs = max(1, t.diversity_epochs)
+    recent = [entry, *reversed(history)][:epochs]
     spread = [(h.get("signals") or {}).get("sample_diversity") for h in recent]
-    if len(spread) == t.diversity_epochs and all(_finite(d) and d < t.diversity for d in spread):
+    if len(spread) == epochs and all(_finite(d) and d < t.diversity for d in spread):
         found.append(
             Finding(
                 "mode_collapse",
                 f"the generator may be collapsing: its samples differ from each other only "
                 f"{spread[0]:.2f} times as much as real images do (1.0 = as varied as the data; "
-                f"under {t.diversity:g} for {len(spread)} epochs in a row): check `latentspace "
-                "quality` for the classes it covers; lower model.lr_g or raise model.lr_d",
+                f"under {t.diversity:g} for {epochs} epoch{'s' if epochs > 1 else ''} in a row): "
+                "check `latentspace quality` for the classes it covers; lower model.lr_g or "
+                "raise model.lr_d",
             )
         )
     return found
