@@ -121,9 +121,14 @@ def test_ms_ssim_is_a_differentiable_loss() -> None:
 
 
 def test_ms_ssim_uses_the_scales_an_image_has_room_for() -> None:
-    assert ms_ssim_scales(256, 512) == 5
+    assert ms_ssim_scales(256, 512) == ms_ssim_scales(176, 176) == 5
+    assert ms_ssim_scales(175, 300) == 4
     assert ms_ssim_scales(64, 64) == 3
     assert ms_ssim_scales(28, 28) == 2
+    assert ms_ssim_scales(21, 40) == 1
+    for side in (176, 175, 88, 64, 44, 22):  # every count it allows, torchmetrics computes
+        x = torch.rand(1, 1, side, side)
+        assert float(ms_ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(DataError, match="28x28 image is too small for MS-SSIM at 5 scales"):
         ms_ssim(torch.rand(1, 1, 28, 28), torch.rand(1, 1, 28, 28), scales=5)
     with pytest.raises(DataError, match="16x16 image is too small"):

@@ -162,12 +162,16 @@ def _functional() -> Any:
 
 
 def ms_ssim_scales(height: int, width: int) -> int:
-    """How many of MS-SSIM's 5 scales an image of this size has room for: each halving must leave
-    a side larger than the 11-pixel window (torchmetrics' bound: side > 10 * 2**(scales - 1))."""
-    scales = len(MS_SSIM_WEIGHTS)
-    while scales > 1 and min(height, width) <= (_KERNEL - 1) * 2 ** (scales - 1):
-        scales -= 1
-    return scales
+    """How many of MS-SSIM's 5 scales an image of this size has room for: at the coarsest scale
+    a side still spans the 11-pixel window (side >= 11 * 2**(scales - 1)), and torchmetrics'
+    own bound holds (side // (scales - 1)**2 > 10). 176 pixels for all 5; 0 below 22."""
+    side = min(height, width)
+
+    def fits(scales: int) -> bool:
+        coarse = side >= _KERNEL * 2 ** (scales - 1)
+        return coarse and side // max(1, scales - 1) ** 2 > _KERNEL - 1
+
+    return max((s for s in range(1, len(MS_SSIM_WEIGHTS) + 1) if fits(s)), default=0)
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -187,10 +191,10 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, scales: int | None = None) -> torc
     room = ms_ssim_scales(height, width)
     scales = room if scales is None else scales
     if scales < 2 or scales > room:
+        wanted = max(scales, 2)
         raise DataError(
-            f"a {height}x{width} image is too small for MS-SSIM at {max(scales, 2)} scales "
-            f"(each side must exceed {(_KERNEL - 1) * 2 ** (max(scales, 2) - 1)} pixels); "
-            "use ssim, or larger images"
+            f"a {height}x{width} image is too small for MS-SSIM at {wanted} scales (each "
+            f"side needs {_KERNEL * 2 ** (wanted - 1)} pixels or more); use ssim, or larger images"
         )
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales])
     betas = tuple((weights / weights.sum()).tolist())
