@@ -59,8 +59,8 @@ def settings(args: argparse.Namespace, family: str) -> list[str]:
         f"model.embedding_dim={args.embedding}",
         f"model.hidden_size={args.hidden}",
     ]
-    if args.quick:
-        common.append("data.limit=2000")
+    if args.train_limit:
+        common.append(f"data.limit={args.train_limit}")
     if family == "lm":
         return common
     return [*common, f"model.latent_dim={args.latent}", *args.vae]
@@ -72,17 +72,31 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", type=int, default=100, help="K of the IWAE bound")
     parser.add_argument("--test-limit", type=int, default=0, help="score this many (0: all)")
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=0,
+        help="train on the first N sentences (0: all); training stops at an epoch's end, so on "
+        "a slow machine a short budget needs shorter epochs",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--embedding", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--latent", type=int, default=32)
-    parser.add_argument("--vae", nargs="*", default=[], help="more model.key=value for the VAE")
+    parser.add_argument(
+        "--vae",
+        nargs="*",
+        # a floor of 0.25 nats on each of the 32 dimensions: 8 nats in all if every one is used
+        default=["model.free_bits=0.25"],
+        help="model.key=value settings for the VAE (default: model.free_bits=0.25)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here")
     parser.add_argument("--quick", action="store_true", help="tiny: 2000 sentences, 1 minute")
     args = parser.parse_args()
     if args.quick:
-        args.minutes, args.test_limit, args.samples = min(args.minutes, 0.5), 100, 10
+        args.minutes, args.samples = min(args.minutes, 0.5), 10
+        args.test_limit, args.train_limit = 100, 2000
     torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.mkdtemp(prefix="text-vae-"))
     results, models = {}, {}
