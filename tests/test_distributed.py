@@ -121,7 +121,7 @@ def _gan(data: Path) -> Config:
 def two_processes(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One job of two ranks training an AE (dynamic binarization: the noise is drawn per global
     batch), a conv GAN with batch norm, a generator average and lazy R1, an AE whose loss
-    diverges, and then the AE again into `killed`, where rank 1 is killed (SIGKILL) in the
+    diverges, one that stops early, and then the AE again into `killed`, where rank 1 is killed (SIGKILL) in the
     middle of epoch 2 (4 steps an epoch).
     One job for all three: starting processes is what costs."""
     where = tmp_path_factory.mktemp("ddp")
@@ -130,6 +130,7 @@ def two_processes(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (_ae(data), where / "ae"),
         (_gan(data), where / "gan"),
         (diverging, where / "diverged"),
+        (apply_overrides(_ae(data), ["train.patience=1", "train.min_delta=1e9"]), where / "early"),
         (_ae(data), where / "killed"),
     ]
     with pytest.raises(mp.ProcessExitedException, match="signal SIGKILL"):
@@ -191,6 +192,14 @@ def test_a_divergence_stops_every_rank_with_one_line(two_processes: Path) -> Non
     assert "learning rate" in errors[0] and "keeps the last good state" in errors[0]
     model = ls.load(two_processes / "diverged")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_early_stopping_stops_every_rank(two_processes: Path) -> None:
+    """With min_delta huge, patience 1 stops after epoch 2 (of 3): all ranks leave together."""
+    run = ls.open_run(two_processes / "early")
+    assert [r["epoch"] for r in run.metrics if r.get("kind") == "epoch"] == [1, 2]
+    ranks = [_weights(two_processes / f"early-rank{r}.safetensors") for r in range(WORLD)]
+    _assert_close(ranks[0], ranks[1], 0.0)
 
 
 def test_a_killed_rank_resumes_to_the_weights_of_an_uninterrupted_run(

@@ -334,8 +334,9 @@ class Trainer:
                 functools.partial(self._commit, record, started), f"saved epoch {self.epoch}"
             )
             # rank 0's decision (early stopping, a callback's StopTraining) is every rank's
-            if distributed.broadcast_flag(1 if self.stop_reason else 0) and not self.stop_reason:
-                self.stop_reason = "stopped by rank 0"
+            stop = distributed.broadcast_flag(1 if self.stop_reason else 0)
+            if self.rank != 0:
+                self.stop_reason = (self.stop_reason or "stopped by rank 0") if stop else ""
         self._finish()
         return self.records
 
