@@ -153,9 +153,14 @@ def is_text(spec: str) -> bool:
     path = Path(spec).expanduser()
     if path.is_file():
         return path.suffix == ".txt"
-    if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
-        return bool(files) and all(p.suffix == ".txt" for p in files)
+    if path.is_dir():  # stops at the first other file: an image folder is not walked whole
+        found = False
+        for file in path.rglob("*"):
+            if file.is_file() and not file.name.startswith("."):
+                if file.suffix != ".txt":
+                    return False
+                found = True
+        return found
     return False
 
 
