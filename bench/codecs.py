@@ -337,8 +337,11 @@ def _fmt(value: float | None) -> str:
 
 def load_images(spec: str, limit: int | None) -> list[np.ndarray]:
     """A dataset name (`fashion-mnist:test`), a `.npy`/`.npz`, or a folder of image files read
-    at their own sizes; (H, W) grey or (H, W, 3) RGB uint8 each."""
-    path = Path(spec).expanduser()
+    at their own sizes (a photo collection's split, `photos:test`, is one); (H, W) grey or
+    (H, W, 3) RGB uint8 each."""
+    from latentspace.data.photos import photo_folder
+
+    path = photo_folder(spec) or Path(spec).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         images = []

@@ -18,9 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         handler=run_list
     )
     p = actions.add_parser("fetch", help="fetch a named dataset into the data home")
+    from latentspace.data.photos import PHOTO_SETS
     from latentspace.data.text_corpus import CORPORA
 
-    p.add_argument("names", nargs="+", choices=[*DATASETS, *CORPORA, "all"], metavar="NAME")
+    names = [*DATASETS, *PHOTO_SETS, *CORPORA, "all"]
+    p.add_argument("names", nargs="+", choices=names, metavar="NAME")
     p.set_defaults(handler=run_fetch)
     p = actions.add_parser(
         "cache",
@@ -42,12 +44,23 @@ def _list_corpora() -> None:
         print(f"  {'':<14} {corpus.description}")
 
 
+def _list_photos() -> None:
+    from latentspace.data.photos import PHOTO_SETS, photo_status
+
+    for name, collection in PHOTO_SETS.items():
+        present, directory = photo_status(name)
+        state = f"present  {directory}" if present else f"missing  ({collection.how_to_get})"
+        print(f"  {name:<14} {state}\n  {'':<14} {collection.description}")
+        print(f"  {'':<14} a folder of photos of different sizes: {name}:train, {name}:test")
+
+
 def run_list(args: argparse.Namespace) -> int:
     print(f"data home: {data_home()}  (set LATENTSPACE_DATA to move it)")
     for name, spec in DATASETS.items():
         present, directory = dataset_status(name)
         state = f"present  {directory}" if present else f"missing  ({spec.how_to_get})"
         print(f"  {name:<14} {state}\n  {'':<14} {spec.description}")
+    _list_photos()
     _list_corpora()
     print("Any folder of images or .npy/.npz file also works as --dataset PATH.")
     print("So does a UTF-8 .txt file (one sentence per line) or a folder of them, for text models.")
@@ -61,10 +74,18 @@ def run_cache(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
+    from latentspace.data.photos import PHOTO_SETS, fetch_photos, photo_status
     from latentspace.data.text_corpus import CORPORA, corpus_status, fetch_corpus
 
-    names = [*DATASETS, *CORPORA] if "all" in args.names else args.names
+    names = [*DATASETS, *PHOTO_SETS, *CORPORA] if "all" in args.names else args.names
     for name in names:
+        if name in PHOTO_SETS:
+            present, directory = photo_status(name)
+            if present:
+                print(f"{name}: already present in {directory}")
+            else:
+                fetch_photos(name)
+            continue
         if name in CORPORA:
             present, directory = corpus_status(name)
             if present:
