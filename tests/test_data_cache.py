@@ -289,3 +289,28 @@ def test_crops_and_flips_of_in_memory_images(tiny_npz: Path) -> None:
 
     assert torch.equal(epoch(0), epoch(0)) and not torch.equal(epoch(0), epoch(1))
     assert isinstance(prepare_data(_config(tiny_npz))[0].images, torch.Tensor)
+
+
+def test_a_folder_run_from_before_test_splits_keeps_its_validation_split(tmp_path: Path) -> None:
+    """config.json without data.test_fraction was written before folders had a test split: it
+    trained on the seeded random split, so its held-out images must still be that split's."""
+    import json
+
+    from latentspace.config import config_to_dict
+    from latentspace.runs import FORMAT_VERSION, read_run_config
+
+    folder = tmp_path / "photos"
+    _write(folder, 30)
+    sections = config_to_dict(_config(folder))
+    del sections["data"]["test_fraction"], sections["data"]["split_by_name"]
+    run = tmp_path / "old-run"
+    run.mkdir()
+    document = {"format_version": FORMAT_VERSION, "image_shape": [1, 10, 10], "config": sections}
+    (run / "config.json").write_text(json.dumps(document))
+
+    config, _, _ = read_run_config(run)
+    _, old_val = resolve(str(folder)).split(0.1, config.train.seed)
+    assert old_val is not None
+    held = held_out(config)
+    assert held.split == "val"
+    assert held.images is not None and held.images.names == old_val.names

@@ -314,6 +314,10 @@ def _read_config(run_dir: Path) -> tuple[Config, tuple[int, int, int], dict[str,
                 f"{path}: config section {name!r} is {json.dumps(section)}, not an object of "
                 "settings"
             )
+    data = sections.get("data")
+    if isinstance(data, dict) and "test_fraction" not in data:
+        # a run made before folders had a test split: keep the validation split it trained with
+        sections = {**sections, "data": {**data, "test_fraction": 0.0, "split_by_name": False}}
     try:
         config = config_from_dict(sections, source=str(path))
     except (LatentspaceError, TypeError, AttributeError) as error:

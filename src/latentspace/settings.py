@@ -58,6 +58,9 @@ class DataConfig:
     limit: int | None = None  # use at most this many training images (quick experiments)
     # image folders: the share held out as the test split, each file by a hash of its name
     test_fraction: float = 0.1
+    # image folders: place files in splits by a hash of their names (stable when files are
+    # added); false: the seeded random validation split of runs made before test splits existed
+    split_by_name: bool = True
     crop: int | None = None  # train on random crop x crop windows (validation and test: centred)
     flip: bool = False  # mirror a random half of the training images left to right
 

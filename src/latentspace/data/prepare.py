@@ -69,13 +69,14 @@ def _splits(config: _RunSettings) -> tuple[ImageSet, ImageSet | None, ImageSet |
         data.dataset, size=data.size, channels=data.channels, strict=data.strict, crop=data.crop
     )
     test = None
-    if images.names is not None:
+    by_name = images.names is not None and data.split_by_name
+    if by_name:
         images, test = images.split_by_name(data.test_fraction, "test", least=3)
     if data.limit is not None:
         images = images.head(data.limit)
     if data.binarize == "static":
         images = dataclasses.replace(images, images=binarize_static(images.images, seed))
-    if images.names is not None:
+    if by_name:
         train, val = images.split_by_name(data.val_fraction, f"validation {seed}")
     else:
         train, val = images.split(data.val_fraction, seed)
