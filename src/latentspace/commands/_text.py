@@ -221,7 +221,9 @@ def describe(r: dict[str, Any]) -> list[str]:
     """A text evaluation record as sentences a person reads."""
     lines = [
         f"evaluated on {r['data']} ({r['tokens']} tokens, end of sentence included)",
-        f"NLL {r['nll']:.2f} nats per sentence (IWAE bound, K={r['samples']}), perplexity "
+        f"NLL {r['nll']:.2f} nats per sentence ("
+        + (f"IWAE bound, K={r['samples']}" if r["latent_dim"] else "exact: no code to bound")
+        + f"), perplexity "
         f"{r['perplexity']:.1f}; negative ELBO {r['negative_elbo']:.2f}, KL {r['kl']:.2f} nats",
     ]
     if "active_units" in r:
