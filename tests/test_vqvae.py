@@ -87,9 +87,10 @@ def test_dead_codes_restart_and_are_warned_about() -> None:
     x = torch.rand(4, 3, 16, 12)
     model.on_epoch_start(0, 2)
     model.training_step(x, optimizers)
-    model.codebook.counts[:3] = 0  # codes 0-2 went unused this epoch
-    with torch.no_grad():
-        model.codebook.vectors[:3] = 100.0  # far from every encoder output
+    model.codebook.counts.copy_(torch.tensor([0, 0, 0, 4, 4, 4, 4, 4.0]))  # codes 0-2 unused
+    book = model.codebook
+    book.vectors[:3] = 100.0  # far from every encoder output, and so are their averages
+    book.vector_sum[:3] = 100.0 * book.cluster_size[:3, None]
     record: dict[str, object] = {"train": {"total": 1.0}}
     warnings = model.epoch_warnings(record)
     assert len(warnings) == 1 and warnings[0].startswith("3 of 8 codes unused this epoch")

@@ -5,8 +5,8 @@ learned codebook of K vectors.
   Appendix A.1; Laplace-smoothed counts as in Razavi et al. 2019), not by gradients; the encoder
   is pulled towards its codes by the commitment loss, and gradients reach it through the
   quantiser by the straight-through estimator.
-- Codes no training image used in an epoch are dead weight: at the next epoch's first step they
-  restart from random encoder outputs of that batch (the restarts of Dhariwal et al. 2020,
+- Codes no training image used in an epoch are dead weight: after the next epoch's first step
+  they restart from random encoder outputs of that batch (the restarts of Dhariwal et al. 2020,
   Jukebox), and the epoch's record says how many died.
 - Usage is counted over each epoch: `codebook_usage` (codes used / K) and `codebook_perplexity`
   (exp of the entropy of the code frequencies: K when all are used equally) join the epoch's
@@ -200,7 +200,7 @@ class VQVAE(GenerativeModel):
         dim = config.latent_dim if self.spatial else 1
         self.codebook = Codebook(config.codebook_size, dim, config.decay)
         self.pixel_likelihood = PixelLikelihood(config.likelihood, channels, config.gaussian_std)
-        # codes to restart at the next training step: at first all, so the codebook starts
+        # codes to restart after the next training step: at first all, so the codebook starts
         # from encoder outputs of the first batch rather than from noise of another scale
         self._dead: torch.Tensor | None = torch.ones(config.codebook_size, dtype=torch.bool)
 
@@ -254,7 +254,7 @@ class VQVAE(GenerativeModel):
 
     # ---- training ------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
-        """The codes unused in the epoch before restart at this epoch's first step; counting
+        """The codes unused in the epoch before restart after this epoch's first step; counting
         starts again. The counts are saved with the run, so a resumed run restarts the same."""
         super().on_epoch_start(epoch, epochs)
         counts = self.codebook.counts
@@ -265,16 +265,17 @@ class VQVAE(GenerativeModel):
     def training_step(
         self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
     ) -> dict[str, torch.Tensor]:
-        if self._dead is not None:
-            with torch.no_grad():
-                self.codebook.restart(self._dead.to(self.device), _rows(self._analyse(x)))
-            self._dead = None
         with self.autocast():
             terms, flat, indices = self._loss(x)
         l1, l2 = self.penalties()
         total = terms.total + l1 + l2
         self.optimizer_step(optimizers[0], total)
         self.codebook.update(flat.detach(), indices)
+        if self._dead is not None:
+            # after this step's count, so a restarted code counts as used only once it wins
+            # positions of its own in later steps
+            self.codebook.restart(self._dead.to(self.device), flat.detach())
+            self._dead = None
         values = torch.stack([terms.reconstruction, terms.commitment, l1, l2, total]).detach()
         names = ("reconstruction", "commitment", "l1", "l2", "total")
         return dict(zip(names, values.float(), strict=True))
