@@ -378,8 +378,23 @@ def test_a_nan_after_exploding_gradients_names_them_with_the_norms(
         train(config, tmp_path / "run", quiet=True)
     message = str(stop.value)
     assert "(exploding gradients)" in message and "the gradient norm grew from" in message
-    assert "--set train.grad_clip=" in message and "lower the learning rate (now 1" in message
+    # a rate the optimizer table calls too high is still named first, as the trainer does
+    assert "the learning rate 1 is probably too high for sgd; try --lr 0.1" in message
+    assert "or clip gradients with --set train.grad_clip=" in message
     assert "keeps the last good state (epoch 0)" in message
+
+
+def test_exploding_gradients_at_a_usual_rate_are_told_to_clip_first() -> None:
+    from latentspace.diagnostics.callback import exploding_advice
+    from latentspace.diagnostics.rules import Growth
+    from latentspace.settings import TrainConfig
+
+    growth = Growth(first=6.51, peak=1.58e11, peak_step=11)
+    advice = exploding_advice(growth, TrainConfig(optimizer="sgd", lr=0.02))
+    assert advice == (
+        "clip gradients with --set train.grad_clip=700 or lower the learning rate (now 0.02, "
+        "try --lr 0.002)"
+    )
 
 
 def _bench() -> Any:

@@ -16,8 +16,10 @@ from latentspace.data import Batches, ImageSet, to_float
 from latentspace.diagnostics.entries import loss_entry
 from latentspace.diagnostics.measure import Layer, find_layers, measure_activations
 from latentspace.diagnostics.reading import DIAGNOSTICS, read_diagnostics
-from latentspace.diagnostics.rules import Thresholds, detect, exploded
+from latentspace.diagnostics.rules import Growth, Thresholds, detect, exploded
 from latentspace.errors import TrainingDiverged
+from latentspace.models.base import diverging_lr
+from latentspace.settings import TrainConfig
 
 
 class Trainer(Protocol):
@@ -32,6 +34,20 @@ class Trainer(Protocol):
     device: torch.device
     train_config: Any
     check_every: int  # the trainer reads the loss (and stops on a NaN) every this many steps
+
+
+def exploding_advice(growth: Growth, train: TrainConfig) -> str:
+    """What to do after exploding gradients: a rate the optimizer's table calls too high is named
+    first (as the trainer's own stop does), else clipping, or a lower rate."""
+    if train.lr >= diverging_lr(train.optimizer):
+        return (
+            f"the learning rate {train.lr:g} is probably too high for {train.optimizer}; try "
+            f"--lr {train.lr / 10:g}, or clip gradients with --set train.grad_clip={growth.clip}"
+        )
+    return (
+        f"clip gradients with --set train.grad_clip={growth.clip} or lower the learning rate "
+        f"(now {train.lr:g}, try --lr {train.lr / 10:g})"
+    )
 
 
 class Diagnostics:
@@ -166,11 +182,9 @@ class Diagnostics:
         growth = exploded(self._norms_seen(), self.thresholds)
         if growth is None:
             return
-        rate = trainer.train_config.lr
         raise TrainingDiverged(
             f"loss became {loss} in epoch {trainer.epoch + 1} by step {self.step + 1}, after "
-            f"{growth} (exploding gradients): clip gradients with --set train.grad_clip="
-            f"{growth.clip} or lower the learning rate (now {rate:g}, try --lr {rate / 10:g}). "
+            f"{growth} (exploding gradients): {exploding_advice(growth, trainer.train_config)}. "
             f"{trainer.run_dir} keeps the last good state (epoch {trainer.epoch})"
         )
 
