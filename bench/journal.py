@@ -222,12 +222,52 @@ def print_table(rows: list[dict[str, float]]) -> None:
         )
 
 
+def write_html(rows: list[dict[str, float]], path: Path, title: str) -> None:
+    """The rate-distortion plot (bytes per image, log scale, against SSIM) and the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latentspace.html import img_tag, table, write_page
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for kind in dict.fromkeys(r["codec"] for r in rows):
+        mine = sorted((r["bytes"], r["ssim"]) for r in rows if r["codec"] == kind)
+        axes.plot(*zip(*mine, strict=True), marker="o", label=kind)
+    axes.set_xscale("log")
+    axes.axhline(TARGET_SSIM, color="#999", linestyle=":")
+    axes.set(xlabel="bytes per image (whole files)", ylabel="SSIM", title=title)
+    axes.legend()
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "rd.png"
+        figure.savefig(png, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        header = ["codec", "setting", "bytes/image", "payload", "SSIM", "PSNR"]
+        cells = [
+            [
+                r["codec"],
+                r["setting"],
+                f"{r['bytes']:.1f}",
+                f"{r['payload']:.1f}",
+                f"{r['ssim']:.4f}",
+                f"{r['psnr']:.2f}",
+            ]
+            for r in rows
+        ]
+        write_page(path, title, [("Rate and distortion", img_tag(png) + table(cells, header))])
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small run and 500 test images")
     parser.add_argument("--run", type=Path, help="measure this trained run instead of training")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs (full bench)")
     parser.add_argument("--threads", type=int, default=2, help="training threads")
+    parser.add_argument(
+        "--html", type=Path, default=ROOT / "runs" / "bench-journal.html", help="page to write"
+    )
     parser.add_argument("--photos", action="store_true", help="the colour-photo part (not yet)")
     args = parser.parse_args()
     if args.photos:
@@ -252,6 +292,7 @@ def main() -> None:
     for kind in ("latentspace", "JPEG", "WebP"):
         found = bytes_at([r for r in rows if r["codec"] == kind], TARGET_SSIM)
         print(f"  {kind:12} {'not reached' if found is None else f'{found:.1f}'}")
+    write_html(rows, args.html, f"Fashion-MNIST test, {len(test)} images")
     decoder = sum(v.numel() * v.element_size() for v in open_codec(run)[1].state_dict().values())
     print(f"model weights {decoder / 1e3:.0f} kB = {decoder / len(test):.1f} bytes per test image")
     best = ours[-1]

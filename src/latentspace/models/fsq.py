@@ -97,10 +97,11 @@ class FSQConfig(NetworkConfig):
 
 
 class FSQLoss(NamedTuple):
-    """Averaged over the batch: distortion (squared error summed over pixels), rate (bits per
-    image), total = distortion + lambda * rate with each image's quality level's lambda."""
+    """Averaged over the batch: reconstruction, the distortion D (squared error summed over
+    pixels, or (1 - SSIM) x pixels), rate R (bits per image), total = D + lambda * R with each
+    image's quality level's lambda."""
 
-    distortion: torch.Tensor
+    reconstruction: torch.Tensor
     rate: torch.Tensor
     total: torch.Tensor
 
@@ -232,8 +233,8 @@ class FSQ(GenerativeModel):
         total = terms.total + l1 + l2
         self.optimizer_step(optimizers[0], total)
         self.prior.refresh()  # the integer tables saved with the run follow the logits
-        values = torch.stack([terms.distortion, terms.rate, l1, l2, total]).detach().float()
-        return dict(zip(("distortion", "rate", "l1", "l2", "total"), values, strict=True))
+        values = torch.stack([terms.reconstruction, terms.rate, l1, l2, total]).detach().float()
+        return dict(zip(("reconstruction", "rate", "l1", "l2", "total"), values, strict=True))
 
     @torch.no_grad()
     def validation_step(self, x: torch.Tensor) -> dict[str, float]:
@@ -241,8 +242,9 @@ class FSQ(GenerativeModel):
         return {key: float(value) for key, value in terms._asdict().items()}
 
     # ---- the model contract ----------------------------------------------------------------------
-    def _top(self, n: int) -> torch.Tensor:
-        return torch.full((n,), self.quality_levels - 1, dtype=torch.long, device=self.device)
+    def _level(self, quality: int) -> torch.Tensor:
+        """Quality 1..Q as the 0-dim index the quantiser broadcasts over a batch."""
+        return torch.tensor(quality - 1, dtype=torch.long, device=self.device)
 
     def encode(
         self, x: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
@@ -250,12 +252,12 @@ class FSQ(GenerativeModel):
         """The dequantised code at the highest quality, flattened: (B, latent_dim). FSQ is
         deterministic, so `sample` changes nothing."""
         self.check_images(x)
-        z, _, _ = self.quantiser(self._analyse(x), self._top(len(x)))
+        z, _, _ = self.quantiser(self._analyse(x), self._level(self.quality_levels))
         return z.flatten(1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         self.check_codes(z)
-        shape = (len(z), *self.code_shape(*self.image_shape[1:]))
+        shape = (-1, *self.code_shape(*self._size))  # -1: a traced graph keeps B free
         return torch.sigmoid(self._synthesise(z.reshape(shape), self._size))
 
     def sample_latent(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -263,7 +265,7 @@ class FSQ(GenerativeModel):
         independent per position, so samples show texture more than objects."""
         shape = (n, *self.code_shape(*self.image_shape[1:]))
         symbols = self.prior.sample(self.quality_levels - 1, shape, generator).to(self.device)
-        return self.quantiser.dequantise(symbols, self._top(n)).flatten(1)
+        return self.quantiser.dequantise(symbols, self._level(self.quality_levels)).flatten(1)
 
     # ---- compression: what latentspace.journal reads ---------------------------------------------
     @torch.no_grad()
@@ -272,8 +274,7 @@ class FSQ(GenerativeModel):
         [0, levels), at quality 1..quality_levels."""
         self._check_quality(quality)
         self.check_size(x.shape[2], x.shape[3])
-        levels = torch.full((len(x),), quality - 1, dtype=torch.long, device=self.device)
-        _, _, symbols = self.quantiser(self._analyse(x.to(self.device)), levels)
+        _, _, symbols = self.quantiser(self._analyse(x.to(self.device)), self._level(quality))
         return symbols
 
     @torch.no_grad()
@@ -282,8 +283,7 @@ class FSQ(GenerativeModel):
     ) -> torch.Tensor:
         """symbols (B, C', h, w) -> images (B, C, H, W) in [0, 1] of `size` (H, W)."""
         self._check_quality(quality)
-        levels = torch.full((len(symbols),), quality - 1, dtype=torch.long, device=self.device)
-        z = self.quantiser.dequantise(symbols.to(self.device), levels)
+        z = self.quantiser.dequantise(symbols.to(self.device), self._level(quality))
         return torch.sigmoid(self._synthesise(z, size))
 
     def frequency_table(self, quality: int) -> np.ndarray:
