@@ -187,10 +187,11 @@ def journal_curve(run: Path, images: np.ndarray) -> tuple[list[dict[str, float]]
 
 _CHILD = """
 import sys, numpy as np, torch
+from pathlib import Path
 torch.set_num_threads(2)
 from latentspace.journal import decode_album, open_codec
 from latentspace.runs import weights_sha256
-run, album, out = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3]
+run, album, out = Path(sys.argv[1]), open(sys.argv[2], "rb").read(), sys.argv[3]
 decoded = decode_album(album, open_codec(run)[1], weights=weights_sha256(run), name="child")
 np.save(out, np.stack(decoded.images))
 """
