@@ -19,7 +19,7 @@ import torch
 from latentspace.analysis import latent
 from latentspace.analysis.text_evaluate import evaluate_text, token_accuracy
 from latentspace.data import held_out
-from latentspace.data.text import is_text, load_text
+from latentspace.data.text import is_text, load_text, prepare_text
 from latentspace.data.text_corpus import CORPORA
 from latentspace.errors import ConfigError, DataError
 from latentspace.runs import (
@@ -245,7 +245,7 @@ def neighbours(args: argparse.Namespace, run: Run) -> int:
     pool = (
         sentences_of(args.dataset, args.limit)
         if args.dataset
-        else held_out(run.config).train.sentences[: args.limit or None]
+        else prepare_text(run.config)[0].sentences[: args.limit or None]
     )
     codes = torch.cat([model.encode(pool[i : i + 256]).cpu() for i in range(0, len(pool), 256)])
     query = model.encode([args.query]).cpu()
