@@ -91,7 +91,7 @@ GRIDS: dict[str, Sequence[float]] = {
     "exploding": (10, 30, 100, 300, 1e3, 3e3, 1e4, 1e5),
     "update_high": (0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
     "update_low": (1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3),
-    "loss_spike": (1.2, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0),
+    "loss_spike": (0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0),  # share of progress given back
     "loss_rise": (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
     "upturn": (0.0, 0.005, 0.01, 0.02, 0.05, 0.1),
     "upturn_epochs": (1, 2, 3, 4, 5, 6, 8, 10),

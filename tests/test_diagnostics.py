@@ -164,6 +164,7 @@ def test_overfit_on_64_samples_fires_and_early_epochs_are_silent(
 
 
 def test_detect_on_recorded_numbers() -> None:
+    first_step = {"step": 1, "loss": 540.0, "grad_norm": 10.0}
     healthy = {
         "epoch": 3,
         "train_loss": 100.0,
@@ -177,8 +178,11 @@ def test_detect_on_recorded_numbers() -> None:
         "last_layer": "decoder layer 2",
         "layers": {"encoder layer 1": {"update_ratio": 2e-3, "update_ratio_max": 5e-3}},
     }
-    history = [{"epoch": 2, "train_loss": 101.0, "val_loss": 104.0}]
+    # epoch 1 reaches back to step 1: the untrained model scored 540
+    first = {"epoch": 1, "train_loss": 160.0, "val_loss": 110.0, "steps_sampled": [first_step]}
+    history: list[dict[str, Any]] = [first, {"epoch": 2, "train_loss": 101.0, "val_loss": 104.0}]
     assert detect(healthy, history, 1e-3) == []
+    # averaged 4960 above its end of 40: ten times the 500 it had fallen from the untrained 540
     sick = dict(healthy, train_loss=5000.0, val_loss=40.0, grad_ratio=1e-4)
     keys = {f.key for f in detect(sick, history, 1e-3)}
     assert keys == {"loss_spike", "loss_rise", "vanishing"}

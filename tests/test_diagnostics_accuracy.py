@@ -174,6 +174,27 @@ def test_a_loss_that_only_fell_did_not_blow_up() -> None:
     assert "loss_spike" not in _keys(_replay(run))[0]
 
 
+def test_a_spike_is_measured_against_the_progress_not_as_a_ratio_of_losses() -> None:
+    # a Gaussian colour likelihood's loss is a density: it falls from 6000 through 0. Healthy,
+    # the epoch's mean lies a few hundred above its end, a small share of the 6000 it fell
+    # (a ratio said 700 / 5 = 140 times)
+    healthy = [
+        _epoch(1, 2000.0, 300.0, first_loss=6000.0, end_loss=310.0),
+        _epoch(2, 700.0, 5.0, end_loss=-250.0),
+        _epoch(3, 400.0, -60.0, end_loss=-90.0),
+    ]
+    assert not any("loss_spike" in keys for keys in _keys(_replay(healthy)))
+    # a loss near 0 that blows up to 120 in epoch 3 and comes back: it gave back twice all it
+    # had fallen (a ratio to an end below 0 says nothing)
+    blown = [*healthy[:2], _epoch(3, 120.0, -15.0, end_loss=-20.0)]
+    blown[0] = _epoch(1, 30.0, -5.0, first_loss=50.0, end_loss=-2.0)
+    blown[1] = _epoch(2, -8.0, -12.0, end_loss=-14.0)
+    found = _replay(blown)
+    assert [("loss_spike" in keys) for keys in _keys(found)] == [False, False, True]
+    text = next(f.text for f in found[2] if f.key == "loss_spike")
+    assert "2.08 times" in text and "try --lr 0.0001" in text
+
+
 def test_exploding_gradients_are_a_growing_gradient_norm() -> None:
     run = [_epoch(1, 400.0, 380.0, first_loss=543.0, grad_norms=(5.0, 60.0, 2e4), grad_ratio=0.5)]
     found = _replay(run)[0]

@@ -32,7 +32,9 @@ class Thresholds:
     exploding: float = 1e3  # a sampled step's gradient norm over the run's first step's above this
     update_high: float = 1.0  # largest update-to-weight ratio of the epoch's sampled steps
     update_low: float = 5e-4  # ... of the epoch's last step below this in every layer
-    loss_spike: float = 100.0  # epoch's mean training loss over its end-of-epoch loss above this
+    # epoch's mean training loss above its end-of-epoch loss by more than this many times the
+    # distance from that end to the untrained model's (scale-free: a density's loss can be < 0)
+    loss_spike: float = 1.0
     loss_rise: float = 0.05  # training loss rose by more than this fraction over one epoch
     upturn: float = 0.01  # validation loss above its best by this fraction while training falls
     upturn_epochs: int = 5  # ... in each of this many epochs in a row
@@ -251,6 +253,28 @@ def _diverged(
     return (now, start["loss"]) if not _finite(now) or above else None
 
 
+def _spike(
+    entry: dict[str, Any], history: Sequence[dict[str, Any]], t: Thresholds
+) -> tuple[float, float, float, float] | None:
+    """(the epoch's mean training loss, its end-of-epoch loss, the untrained model's, how far the
+    mean lay above that end in units of the distance between the two) when that is above
+    `t.loss_spike`: for an end below the untrained loss, the share of the run's progress the
+    epoch gave back. Measured against the run's own progress, not as a ratio of losses, since a
+    density's loss can be near 0 or below it. A loss that only fell can average far above its
+    end (a Gaussian decoder's first steps): it blew up only if the epoch's mean is also above
+    where the epoch began. None otherwise, or when the records do not reach back to step 1."""
+    mean, end = entry.get("train_loss"), entry.get("val_loss", entry.get("end_loss"))
+    first = _first_step(entry, history)
+    begun = _epoch_start_loss(entry, history)
+    if first is None or not (_finite(mean) and _finite(end) and _finite(first.get("loss"))):
+        return None
+    untrained = first["loss"]
+    if (begun is not None and mean <= begun) or mean - end <= t.loss_spike * abs(untrained - end):
+        return None
+    distance = abs(untrained - end)
+    return mean, end, untrained, (mean - end) / distance if distance else math.inf
+
+
 def _loss_warnings(
     entry: dict[str, Any], history: Sequence[dict[str, Any]], lr: float, t: Thresholds
 ) -> list[Finding]:
@@ -258,24 +282,17 @@ def _loss_warnings(
     if not entry.get("likelihood", True):
         return found
     train_loss = entry.get("train_loss")
-    end = entry.get("val_loss", entry.get("end_loss"))
-    # a loss that only fell can average far above its end (a Gaussian decoder's first steps);
-    # it blew up only if the epoch's mean is also above where the epoch began
-    start = _epoch_start_loss(entry, history)
-    if (
-        _finite(train_loss)
-        and _finite(end)
-        and end > 0
-        and train_loss > t.loss_spike * end
-        and (start is None or train_loss > start)
-    ):
+    spike = _spike(entry, history, t)
+    if spike is not None:
+        mean, end, untrained, given_back = spike
+        scale = "all it had fallen from" if end < untrained else "as far as it ended above"
         found.append(
             Finding(
                 "loss_spike",
-                f"training loss averaged {train_loss:.4g} in epoch {entry['epoch']}, "
-                f"{train_loss / end:.3g} times its value at the end of the epoch ({end:.4g}): "
-                f"the loss blew up during the epoch; the learning rate {lr:g} is too high, "
-                f"try --lr {lr / 10:g}",
+                f"training loss averaged {mean:.4g} in epoch {entry['epoch']}, {mean - end:.4g} "
+                f"above its value at the end of the epoch ({end:.4g}), {given_back:.3g} times "
+                f"{scale} the untrained model's {untrained:.4g}: the loss blew up during the "
+                f"epoch; the learning rate {lr:g} is too high, try --lr {lr / 10:g}",
             )
         )
     if history and train_loss is not None:
