@@ -342,6 +342,10 @@ def export_model(
     `run` and `weights_sha256` go into the manifest as they are (`export_run` gives them).
     Nothing is left in `out` when a part fails its check."""
     _onnx_modules()  # before any work: the one-line error naming the extra
+    if model.inputs != "images":
+        raise ExportError(
+            f"a {model.name} model reads {model.inputs}: ONNX export covers image models only"
+        )
     out = Path(out)
     _check_out(out)
     # a copy on the CPU: the caller's model keeps its device and mode, and a check that runs

@@ -102,8 +102,9 @@ def _metrics_table(record: dict[str, Any]) -> str:
 def _config_table(run: Run) -> str:
     from latentspace.config import config_to_dict
 
+    # a long setting (a text model's tokenizer is ~100 KB of JSON) is named by its length
     rows = [
-        (f"{section}.{key}", value)
+        (f"{section}.{key}", value if len(str(value)) < 200 else f"<{len(str(value))} characters>")
         for section, values in config_to_dict(run.config).items()
         for key, value in values.items()
     ]

@@ -189,6 +189,12 @@ def open_explorer(
 ) -> Explorer:
     """Encode up to `limit` held-out images of `run` (a named dataset's test split, else the
     run's validation images) and map them in 2-D by `method` (pca or tsne)."""
+    if run.model.inputs != "images":
+        raise ConfigError(
+            f"{run.path} is a {run.model.inputs} model: the explorer shows images; use "
+            "`latentspace neighbours`, `interpolate` or `traverse`, which print its "
+            f"{run.model.inputs}"
+        )
     if method not in METHODS:
         raise ConfigError(f"map method {method!r} is not one of: {', '.join(METHODS)}")
     if not 1 <= limit <= MAX_POINTS:
