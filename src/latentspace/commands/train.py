@@ -47,6 +47,11 @@ FLAGS: dict[str, tuple[str, str]] = {
         "faster on GPUs and CPUs with bf16 units",
     ),
     "size": ("data.size", "image folders: resize to SIZE x SIZE"),
+    "crop": (
+        "data.crop",
+        "train on random CROP x CROP windows, validation and test on centred ones (photos of "
+        "any size; add --set data.flip=true for mirrored halves)",
+    ),
 }
 
 
