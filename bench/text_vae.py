@@ -12,6 +12,11 @@ Targets: VAE NLL <= LM NLL, with KL >= 5 nats and >= 8 active units; token recov
     latentspace data fetch fortunes
     .venv/bin/python bench/text_vae.py [--minutes 30] [--threads 2] [--samples 100]
     .venv/bin/python bench/text_vae.py --quick   # a minute: proves the script runs
+    .venv/bin/python bench/text_vae.py --step [--threads 1]   # one training step's cost
+
+--step times one training step of each model on batches of the corpus's training sentences
+against the first implementation (the decoder run over the padded batch, the vocabulary layer
+and softmax on every padded position), side by side in one process, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 import latentspace as ls
 from latentspace.analysis.text_evaluate import evaluate_text
-from latentspace.data import held_out
+from latentspace.data import held_out, prepare_data
+from latentspace.data.text import PAD_ID
+from latentspace.models import build_model, for_data
 from latentspace.train import StopTraining
 
 
@@ -44,6 +52,60 @@ class TimeBudget:
         self.last = elapsed
         if elapsed + epoch_seconds > self.seconds:
             raise StopTraining(f"time budget: {elapsed / 60:.1f} of {self.seconds / 60:g} minutes")
+
+
+def padded_nll(model: Any, ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The first implementation's -log p(x | z) (no word dropout): the decoder over the whole
+    padded batch, logits for every position, the softmax over a transposed (B, V, T) tensor."""
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    logits, _ = model.decoder_step(inputs, z, model.initial_hidden(z))
+    nll = F.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=PAD_ID, reduction="none"
+    )
+    return nll.sum(1)
+
+
+def step_times(args: argparse.Namespace, rounds: int = 3) -> None:
+    """Seconds per training step, this implementation against `padded_nll`, in turns (so both
+    see the same load), on the same batches, word dropout off so both do the same work."""
+    results = {}
+    for family in ("sentence_vae", "lm"):
+        overrides = [*settings(args, family), "data.limit=2000", "model.word_dropout=0"]
+        config = ls.apply_overrides(ls.default_config(), overrides)
+        train_set, _ = prepare_data(config)
+        batches = list(train_set.batches(args.batch_size, shuffle=True))[: args.step_batches]
+        model = build_model(for_data(config.model, train_set), train_set.image_shape, config.train)
+        optimizers = model.configure_optimizers()
+        model.train()
+        seconds = {"now": 0.0, "padded": 0.0}
+        for _ in range(rounds):
+            for kind in seconds:
+                if kind == "padded":
+                    model.sentence_nll = lambda i, z, m=model: padded_nll(m, i, z)
+                model.training_step(batches[0], optimizers)  # warm up
+                started = time.perf_counter()
+                for x in batches:
+                    model.training_step(x, optimizers)
+                seconds[kind] += (time.perf_counter() - started) / len(batches) / rounds
+                model.__dict__.pop("sentence_nll", None)
+        tokens = sum(x.shape[0] * x.shape[1] for x in batches) / len(batches)
+        results[family] = seconds
+        print(
+            f"{family}: {seconds['now'] * 1000:.0f} ms/step now, {seconds['padded'] * 1000:.0f} "
+            f"ms/step padded (x{seconds['padded'] / seconds['now']:.2f}); batch {args.batch_size}"
+            f" sentences, {tokens:.0f} padded tokens on average, {args.threads} thread(s)",
+            flush=True,
+        )
+    x = torch.randn(args.batch_size * 24, args.hidden, requires_grad=True)
+    w = torch.randn(train_set.image_shape[2], args.hidden, requires_grad=True)
+    started = time.perf_counter()
+    for _ in range(5):
+        (x @ w.t()).sum().backward()
+    floor = (time.perf_counter() - started) / 5
+    print(
+        f"for scale: one ({len(x)} x {args.hidden}) @ ({args.hidden} x {len(w)}) product "
+        f"forward and backward takes {floor * 1000:.0f} ms here"
+    )
 
 
 def settings(args: argparse.Namespace, family: str) -> list[str]:
@@ -93,7 +155,13 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here")
     parser.add_argument("--quick", action="store_true", help="tiny: 2000 sentences, 1 minute")
+    parser.add_argument("--step", action="store_true", help="time one training step only")
+    parser.add_argument("--step-batches", type=int, default=4, help="batches --step times")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.step:
+        step_times(args)
+        return 0
     if args.quick:
         args.minutes, args.samples = min(args.minutes, 0.5), 10
         args.test_limit, args.train_limit = 100, 2000

@@ -203,6 +203,25 @@ def test_text_step_bf16_and_kl_schedules(family: str) -> None:
         assert set(model.validation_step(ids)) >= {"total", "reconstruction", "kl"}
 
 
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_packed_sentence_nll_equals_the_padded_one_token_by_token(family: str) -> None:
+    """The decoder runs packed and scores only real positions (for speed): per sentence it
+    must give what the decoder run over the padded batch, token by token, gives."""
+    torch.manual_seed(0)
+    model = build_model(MODELS[family].config_class(embedding_dim=8, hidden_size=16), (1, 20, 30))
+    model.eval()
+    ids = torch.randint(4, 30, (5, 9))
+    ids[:, 0] = 2
+    for row, length in enumerate((9, 3, 6, 9, 2)):  # BOS ... EOS, then padding
+        ids[row, length - 1], ids[row, length:] = 3, PAD_ID
+    z = torch.randn(5, model.latent_dim)
+    logits, _ = model.decoder_step(ids[:, :-1], z, model.initial_hidden(z))
+    expected = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), ids[:, 1:], ignore_index=PAD_ID, reduction="none"
+    ).sum(1)
+    torch.testing.assert_close(model.sentence_nll(ids, z), expected)
+
+
 def test_kl_schedules() -> None:
     config = MODELS["sentence_vae"].config_class(embedding_dim=8, hidden_size=16, kl_steps=10)
     weights = {}

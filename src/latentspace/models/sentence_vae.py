@@ -179,17 +179,35 @@ class LanguageModel(GenerativeModel):
         return self.output(self.output_dropout(out)), hidden
 
     def sentence_nll(self, ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """-log p(x | z) per sentence (B,), teacher-forced; word dropout while training."""
+        """-log p(x | z) per sentence (B,), teacher-forced; word dropout while training.
+
+        One fused GRU call runs over the whole batch as a packed sequence, and the vocabulary
+        layer and softmax see only the positions that have a token to predict: padding is most
+        of a padded batch of sentences (T is the longest one), and the (positions x vocabulary)
+        product and its softmax are most of a step's cost."""
         inputs, targets = ids[:, :-1], ids[:, 1:]
         if self.training and self.config.word_dropout > 0:
             drop = torch.rand(inputs.shape, device=ids.device) < self.config.word_dropout
             drop &= (inputs != PAD_ID) & (inputs != BOS_ID)  # BOS keeps the start visible
             inputs = inputs.masked_fill(drop, UNK_ID)
-        logits, _ = self.decoder_step(inputs, z, self.initial_hidden(z))
-        nll = F.cross_entropy(
-            logits.float().transpose(1, 2), targets, ignore_index=PAD_ID, reduction="none"
+        # tokens to predict per sentence (EOS included); padding is only ever at the end
+        lengths = (targets != PAD_ID).sum(1).clamp(min=1).cpu()
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            return nn.utils.rnn.pack_padded_sequence(
+                t, lengths, batch_first=True, enforce_sorted=False
+            ).data
+
+        embedded = self.embedding(inputs)
+        steps = torch.cat([embedded, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=2)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            steps, lengths, batch_first=True, enforce_sorted=False
         )
-        return nll.sum(1)
+        out, _ = self.decoder_rnn(packed, self.initial_hidden(z))
+        logits = self.output(self.output_dropout(out.data))  # (positions, V)
+        rows = torch.arange(len(ids), device=ids.device).unsqueeze(1).expand_as(targets)
+        nll = F.cross_entropy(logits.float(), pack(targets), ignore_index=PAD_ID, reduction="none")
+        return nll.new_zeros(len(ids)).index_add_(0, pack(rows), nll)
 
     # ---- training -------------------------------------------------------------------------
     def code_posterior(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
