@@ -292,3 +292,24 @@ def test_every_model_family_is_measured(name: str, tmp_path: Path, tiny_npz: Pat
     # gap and overfitting are judged only where the loss is a likelihood bound
     assert record["likelihood"] == (name != "gan")
     assert ("gap" in record) == (name != "gan")
+
+
+def test_diverged_compares_like_with_like_on_a_kl_annealed_vae() -> None:
+    """The first step of a KL-annealed VAE weighed its KL by about 0; validation weighs it by 1.
+    A KL grown while its weight was low is not a lost model; a reconstruction above the
+    untrained model's whole loss is."""
+    from latentspace.diagnostics.rules import _diverged
+
+    def entry(val_loss: float, val_kl: float) -> dict[str, Any]:
+        return {
+            "epoch": 1,
+            "steps_sampled": [{"step": 1, "loss": 100.0, "grad_norm": 1.0}],
+            "val_loss": val_loss,
+            "val_kl": val_kl,
+            "signals": {"kl_weight": 0.3},
+        }
+
+    assert _diverged(entry(130.0, 40.0), [], Thresholds()) is None  # reconstruction 90
+    assert _diverged(entry(250.0, 40.0), [], Thresholds()) is not None  # reconstruction 210
+    unannealed = {k: v for k, v in entry(130.0, 40.0).items() if k != "signals"}
+    assert _diverged(unannealed, [], Thresholds()) is not None  # weighed alike: compared whole

@@ -244,11 +244,21 @@ def _diverged(
 ) -> tuple[float, float] | None:
     """(the loss now, the untrained model's) when the loss is not finite or clearly above what
     the model scored before its first step (on one batch: hence the margin `t.diverged`):
-    whatever it learned is lost. None otherwise."""
+    whatever it learned is lost. None otherwise.
+
+    A family that anneals its KL weight declares it (signals["kl_weight"]): its first step
+    weighed the KL by about 0 and validation weighs it by 1, and a KL that grows while its
+    weight is low raises the validation loss above the untrained one with nothing lost. Then
+    the validation loss less its KL (the reconstruction, weighed 1 at every step) is compared:
+    the untrained reconstruction is at most the first step's loss (a KL term is never below 0),
+    so one clearly above that loss is still a model that lost what it learned."""
     start = _first_step(entry, history)
     now = entry.get("val_loss", entry.get("train_loss"))
     if start is None or now is None or not _finite(start.get("loss")):
         return None
+    annealing = "kl_weight" in (entry.get("signals") or {})
+    if annealing and _finite(now) and _finite(entry.get("val_kl")) and "val_loss" in entry:
+        now -= entry["val_kl"]
     above = now > start["loss"] + t.diverged * abs(start["loss"])
     return (now, start["loss"]) if not _finite(now) or above else None
 

@@ -16,7 +16,7 @@ Inputs are sentences (a list of strings, tokenized with the run's own tokenizer)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -406,8 +406,16 @@ class SentenceVAE(LanguageModel):
     @property
     def kl_weight(self) -> float:
         """beta times the schedule's factor at this step; beta outside training."""
+        return self.scheduled_kl_weight() if self.training else self.config.beta
+
+    def training_signals(self, terms: Mapping[str, float]) -> dict[str, float]:
+        """The KL weight the next step trains with: the diagnostics then know the first step's
+        loss weighed the KL differently from validation (see rules._diverged)."""
+        return {"kl_weight": self.scheduled_kl_weight()}
+
+    def scheduled_kl_weight(self) -> float:
         config, step = self.config, int(self.steps)
-        if not self.training or config.kl_schedule == "none":
+        if config.kl_schedule == "none":
             return config.beta
         if config.kl_schedule == "linear":
             return config.beta * min(1.0, (step + 1) / config.kl_steps)
