@@ -358,3 +358,12 @@ def test_neighbours_and_traverse_print_sentences(
     assert lines[0] == "around the prior mean:" and lines[1] == "z0:" and len(lines) == 9
     assert main(["map", str(run), "--out", str(tmp_path / "map.png")]) == 1
     assert "not made for text models" in capsys.readouterr().err
+
+
+def test_switching_to_a_text_family_takes_its_defaults_unless_set() -> None:
+    """--model sentence_vae from the default (image VAE) config: a shared field the user did not
+    set (latent_dim) takes the sentence VAE's default, one they set is kept."""
+    switched = ls.apply_overrides(ls.default_config(), ["model.name=sentence_vae"])
+    assert switched.model.latent_dim == MODELS["sentence_vae"].config_class().latent_dim == 32
+    kept = ls.apply_overrides(ls.default_config("vae", latent_dim=7), ["model.name=sentence_vae"])
+    assert kept.model.latent_dim == 7

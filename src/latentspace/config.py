@@ -187,10 +187,17 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     if "name" in grouped["model"]:
         name = grouped["model"].pop("name")
         if name != model.name:
-            # switching family keeps the fields the two families share
+            # switching family keeps the shared fields that were set (differ from the old
+            # family's defaults); the rest take the new family's own defaults (a sentence VAE's
+            # latent_dim is 32, not the image VAE's 16)
             cls = _model_config_class(name)
             shared = {f.name for f in dataclasses.fields(cls)} - {"name"}
-            kept = {k: v for k, v in dataclasses.asdict(model).items() if k in shared}
+            defaults = dataclasses.asdict(type(model)())
+            kept = {
+                k: v
+                for k, v in dataclasses.asdict(model).items()
+                if k in shared and v != defaults.get(k)
+            }
             model = replace_fields(cls(), kept, "model")
     config = Config(
         model=replace_fields(model, grouped["model"], "model"),
