@@ -5,8 +5,9 @@ learned codebook of K vectors.
   Appendix A.1; Laplace-smoothed counts as in Razavi et al. 2019), not by gradients; the encoder
   is pulled towards its codes by the commitment loss, and gradients reach it through the
   quantiser by the straight-through estimator.
-- Codes no training image used in an epoch are dead weight: after the next epoch's first step
-  they restart from random encoder outputs of that batch (the restarts of Dhariwal et al. 2020,
+- Codes no training image used in an epoch (or used for under 10% of an even share of its
+  positions) are dead weight: after the next epoch's first step they restart from random
+  encoder outputs of that batch (the restarts of Dhariwal et al. 2020,
   Jukebox), and the epoch's record says how many died.
 - Usage is counted over each epoch: `codebook_usage` (codes used / K) and `codebook_perplexity`
   (exp of the entropy of the code frequencies: K when all are used equally) join the epoch's
@@ -47,7 +48,9 @@ from latentspace.models.spatial import (
 )
 from latentspace.settings import TrainConfig
 
-__all__ = ["VQVAE", "Codebook", "VQVAEConfig", "VQVAELoss"]
+__all__ = ["DEAD_SHARE", "VQVAE", "Codebook", "VQVAEConfig", "VQVAELoss"]
+
+DEAD_SHARE = 0.1  # a code used for under 10% of an even share of an epoch's positions restarts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +153,12 @@ class Codebook(nn.Module):
         self.vectors[dead] = rows
         self.vector_sum[dead] = rows
         self.cluster_size[dead] = 1.0
+
+    def dead(self) -> torch.Tensor:
+        """(K,) True for the codes unused this epoch, or used for under DEAD_SHARE of an even
+        share of its positions: in an epoch of millions of positions a code chosen a handful of
+        times is as good as dead, yet "used"."""
+        return self.counts < DEAD_SHARE * self.counts.sum() / len(self.counts)
 
     def usage(self) -> tuple[int, float]:
         """(codes used, perplexity) over the counts so far."""
@@ -259,7 +268,7 @@ class VQVAE(GenerativeModel):
         super().on_epoch_start(epoch, epochs)
         counts = self.codebook.counts
         if float(counts.sum()) > 0:
-            self._dead = counts == 0
+            self._dead = self.codebook.dead()
         counts.zero_()
 
     def training_step(
@@ -293,12 +302,14 @@ class VQVAE(GenerativeModel):
         record.setdefault("train", {}).update(
             {"codebook_usage": used / size, "codebook_perplexity": perplexity}
         )
-        if used == size or float(self.codebook.counts.sum()) == 0:
+        dead = int(self.codebook.dead().sum())
+        if dead == 0 or float(self.codebook.counts.sum()) == 0:
             return []
         return [
-            f"{size - used} of {size} codes unused this epoch (usage {used / size:.0%}, "
-            f"perplexity {perplexity:.1f}); they restart from random encoder outputs next epoch. "
-            "If many die every epoch, a smaller model.codebook_size codes the images as well"
+            f"{dead} of {size} codes unused this epoch ({size - used} never chosen, the rest for "
+            f"under {DEAD_SHARE:.0%} of an even share; perplexity {perplexity:.1f} of {size}); "
+            "they restart from random encoder outputs next epoch. If many die every epoch, a "
+            "smaller model.codebook_size codes the images as well"
         ]
 
     def training_signals(self, terms: Mapping[str, float]) -> dict[str, float]:
