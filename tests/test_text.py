@@ -367,3 +367,24 @@ def test_switching_to_a_text_family_takes_its_defaults_unless_set() -> None:
     assert switched.model.latent_dim == MODELS["sentence_vae"].config_class().latent_dim == 32
     kept = ls.apply_overrides(ls.default_config("vae", latent_dim=7), ["model.name=sentence_vae"])
     assert kept.model.latent_dim == 7
+
+
+def test_text_batches_shard_each_global_batch_by_rank() -> None:
+    """Under torchrun each rank takes its part of every global batch, from the same seeded
+    permutation: the parts add up to the batches one process sees, with nothing repeated."""
+    from latentspace.data.text import TextBatches
+
+    ids = torch.full((23, 6), PAD_ID)
+    ids[:, 0], ids[:, 1], ids[:, 2] = 2, torch.arange(23) + 4, 3  # row i holds token i + 4
+
+    def rows(rank: int, world: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(5)
+        batches = TextBatches(ids, 8, shuffle=True, generator=generator, rank=rank, world=world)
+        assert len(list(batches)) == len(batches)
+        return [(b[:, 1] - 4).tolist() for b in batches]
+
+    whole = rows(0, 1)
+    parts = [rows(rank, 3) for rank in range(3)]
+    for i, batch in enumerate(whole):
+        assert [row for part in parts for row in part[i]] == batch
+    assert sorted(row for batch in whole for row in batch) == list(range(23))
