@@ -127,6 +127,7 @@ def test_vae_evaluation_numbers_are_consistent(tiny_run: Path) -> None:
     pixels = 12 * 12
     assert record["nll_bits_per_dim"] == pytest.approx(record["nll"] / (pixels * math.log(2)))
     assert "grey pixels" in record["data"] and "not comparable" in record["likelihood"]
+    assert record["likelihood"].startswith("bernoulli decoder on grey pixels")
 
 
 def test_bf16_nll_stays_close_to_float32(tiny_run: Path) -> None:
@@ -149,6 +150,8 @@ def test_binarized_runs_are_evaluated_on_one_seeded_binarization(
     values = first.images.images.unique().tolist()
     assert set(values) <= {0, 255} and torch.equal(first.images.images, second.images.images)
     assert "binarized once with seed" in first.description
+    # the default likelihood (`auto`) is named as the model resolved it: Bernoulli on grey
+    assert evaluate(run, "val", nll_samples=2)["likelihood"] == "binarized pixels, Bernoulli decoder"
 
 
 def test_evaluate_cli_json_is_appended_to_metrics(

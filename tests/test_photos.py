@@ -91,3 +91,27 @@ def test_the_real_split_holds_out_whole_photos() -> None:
     splits = {collection.split_of(source) for source in collection.sources}
     assert splits == {"train", "test"}
     assert sum(collection.split_of(s) == "test" for s in collection.sources) == 6
+
+
+def test_a_run_trains_on_the_training_photos_and_is_judged_on_the_held_out_ones(
+    fake: photos.PhotoCollection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--dataset photos` names the collection's training photos (random crops of any size);
+    its held-out whole photos, not a share of the training ones, are the run's test images."""
+    import latentspace as ls
+    from latentspace.data import held_out, prepare_data, resolve
+
+    monkeypatch.setenv("LATENTSPACE_CACHE", str(tmp_path / "cache"))
+    assert main(["data", "fetch", "photos"]) == 0
+    names = resolve("photos", crop=16).names
+    assert names == resolve("photos:train", crop=16).names == ["lake.png", "small.png"]
+    config = ls.apply_overrides(
+        ls.default_config("vae", dataset="photos", epochs=1, batch_size=2, latent_dim=2),
+        ["data.crop=16", "data.val_fraction=0", "model.hidden_sizes=8"],
+    )
+    train, val = prepare_data(config)
+    assert train.names == ["lake.png", "small.png"] and val is None
+    held = held_out(config)
+    assert held.split == "test" and held.name == "photos:test"
+    assert held.images is not None and held.images.names == ["tree.png"]
+    assert tuple(held.images.images[:].shape) == (1, 3, 16, 16)  # centre-cropped

@@ -280,10 +280,13 @@ def _likelihood_record(
 
 
 def _likelihood_name(run: Run, chosen: EvaluationSet) -> str:
-    likelihood = getattr(run.model.config, "likelihood", "")
+    # the likelihood the model resolved (`auto` is Bernoulli on grey, logistic on colour)
+    chosen_name = getattr(run.model.config, "likelihood", "")
+    likelihood = getattr(getattr(run.model, "pixel_likelihood", None), "likelihood", chosen_name)
     if chosen.binarized and likelihood == "bernoulli":
         return "binarized pixels, Bernoulli decoder"
+    pixels = "grey" if run.image_shape[0] == 1 else "colour"
     return (
-        f"{likelihood} decoder on grey pixels (a density; not comparable with binarized-MNIST "
+        f"{likelihood} decoder on {pixels} pixels (a density; not comparable with binarized-MNIST "
         "numbers)"
     )

@@ -10,6 +10,7 @@ from latentspace.data.cache import cache_root, open_folder
 from latentspace.data.datasets import DATASETS, data_home, dataset_status, fetch, load_named
 from latentspace.data.files import load_array, load_folder, load_image
 from latentspace.data.imageset import ImageSet
+from latentspace.data.photos import photo_folder
 from latentspace.data.prepare import (
     BATCH,
     HeldOut,
@@ -71,6 +72,9 @@ def resolve(
     name, _, split = spec.partition(":")
     if name in DATASETS:
         return load_named(name, split or default_split)
+    photos = photo_folder(spec if split else f"{name}:{default_split}")
+    if photos is not None:  # a named photo collection is a folder of files of any size
+        return open_folder(photos, size=size, channels=channels, strict=strict, crop=crop)
     path = Path(spec).expanduser()
     if path.is_dir():
         return open_folder(path, size=size, channels=channels, strict=strict, crop=crop)

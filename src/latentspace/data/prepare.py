@@ -48,6 +48,14 @@ def named_dataset(spec: str) -> str | None:
     return name if name in DATASETS else None
 
 
+def _photo_collection(spec: str) -> str | None:
+    """The named photo collection (`photos`, `photos:train`) that `spec` names, or None."""
+    from latentspace.data.photos import PHOTO_SETS
+
+    name = spec.partition(":")[0]
+    return name if name in PHOTO_SETS else None
+
+
 def split_reference(spec: str) -> tuple[str, int] | None:
     """`SOURCE:INDEX` (`mnist:test:3`, `photos:0`) -> (SOURCE, INDEX); None when `spec` does not
     end in an index (a plain image file)."""
@@ -70,7 +78,7 @@ def _splits(config: _RunSettings) -> tuple[ImageSet, ImageSet | None, ImageSet |
     )
     test = None
     by_name = images.names is not None and data.split_by_name
-    if by_name:
+    if by_name and _photo_collection(data.dataset) is None:  # a collection has its own test
         images, test = images.split_by_name(data.test_fraction, "test", least=3)
     if data.limit is not None:
         images = images.head(data.limit)
@@ -141,6 +149,17 @@ def held_out(config: _RunSettings) -> HeldOut:
     if name is not None:
         return HeldOut(resolve(f"{name}:test"), resolve(f"{name}:train"), f"{name}:test", "test")
     train, val, test = _splits(config)
+    photos = _photo_collection(config.data.dataset)
+    if photos is not None:  # its held-out whole photos, shown as the run's validation ones are
+        data = config.data
+        whole = resolve(
+            f"{photos}:test",
+            size=data.size,
+            channels=data.channels,
+            strict=data.strict,
+            crop=data.crop,
+        )
+        return HeldOut(_augmented(whole, data), train, f"{photos}:test", "test")
     if test is not None:
         return HeldOut(test, train, f"{config.data.dataset} (the run's test images)", "test")
     return HeldOut(val, train, f"{config.data.dataset} (the run's held-out images)", "val")
