@@ -151,7 +151,9 @@ def test_binarized_runs_are_evaluated_on_one_seeded_binarization(
     assert set(values) <= {0, 255} and torch.equal(first.images.images, second.images.images)
     assert "binarized once with seed" in first.description
     # the default likelihood (`auto`) is named as the model resolved it: Bernoulli on grey
-    assert evaluate(run, "val", nll_samples=2)["likelihood"] == "binarized pixels, Bernoulli decoder"
+    assert (
+        evaluate(run, "val", nll_samples=2)["likelihood"] == "binarized pixels, Bernoulli decoder"
+    )
 
 
 def test_evaluate_cli_json_is_appended_to_metrics(
