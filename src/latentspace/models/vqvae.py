@@ -330,7 +330,7 @@ class VQVAE(GenerativeModel):
         """Codes (B, latent_dim) -> images. Codes between code vectors (an interpolation) are
         decoded as they are, not snapped to the codebook."""
         self.check_codes(z)
-        shape = (len(z), *self.code_shape(*self.image_shape[1:]))
+        shape = (-1, *self.code_shape(*self.image_shape[1:]))  # -1: an export keeps B free
         size = (self.image_shape[1], self.image_shape[2])
         return mean_image(self._synthesise(z.reshape(shape), size))
 
