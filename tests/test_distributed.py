@@ -117,6 +117,14 @@ def _gan(data: Path) -> Config:
     )
 
 
+def _vqvae(data: Path) -> Config:
+    """One epoch: dead codes restart only at the next epoch's first step."""
+    config = ls.default_config("vqvae", dataset=str(data), epochs=1, batch_size=10, latent_dim=2)
+    return apply_overrides(
+        config, ["train.device=cpu", "model.width=4", "model.codebook_size=8", "model.factor=4"]
+    )
+
+
 @pytest.fixture(scope="module")
 def two_processes(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One job of two ranks training an AE (dynamic binarization: the noise is drawn per global
@@ -131,6 +139,7 @@ def two_processes(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (_gan(data), where / "gan"),
         (diverging, where / "diverged"),
         (apply_overrides(_ae(data), ["train.patience=1", "train.min_delta=1e9"]), where / "early"),
+        (_vqvae(data), where / "vqvae"),
         (_ae(data), where / "killed"),
     ]
     with pytest.raises(mp.ProcessExitedException, match="signal SIGKILL"):
@@ -170,6 +179,16 @@ def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(
     assert all(r["trained_on"] == trained_on for r in epochs)
     assert two.info["trained_on"] == trained_on
     assert singles[0]["trained_on"]["world_size"] == 1
+
+
+def test_a_codebook_moves_by_the_whole_global_batch(
+    two_processes: Path, data: Path, tmp_path: Path
+) -> None:
+    """The VQ-VAE's moving averages learn without an optimiser: under two processes they move
+    by the counts and sums of the whole global batch, as in one process (not by rank 0's half)."""
+    single = ls.train(_vqvae(data), tmp_path / "single", quiet=True, report=False)
+    two = _weights(two_processes / "vqvae" / runs.WEIGHTS)
+    _assert_close(two, _weights(single.path / runs.WEIGHTS), 1e-5)
 
 
 def test_every_rank_ends_with_the_weights_rank_0_saved(two_processes: Path) -> None:

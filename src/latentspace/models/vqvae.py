@@ -33,6 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentspace.distributed import (
+    all_reduce_sum,
+    broadcast_state,
+    is_distributed,
+    rank,
+    world_size,
+)
 from latentspace.errors import ConfigError
 from latentspace.models.base import GenerativeModel
 from latentspace.models.layers import NetworkConfig
@@ -132,27 +139,32 @@ class Codebook(nn.Module):
         """One moving-average step towards the mean of the rows assigned to each code, and count
         the uses (van den Oord et al. 2017, App. A.1)."""
         onehot = F.one_hot(indices, len(self.vectors)).type_as(flat)
-        used = onehot.sum(0)
+        # under torchrun each rank holds part of the global batch: the averages move by the
+        # whole batch's counts and sums (one all-reduce), as one process would move them
+        size, dim = self.vectors.shape
+        stats = all_reduce_sum(torch.cat([onehot.sum(0), (onehot.T @ flat).reshape(-1)]))
+        used, sums = stats[:size], stats[size:].reshape(size, dim)
         self.counts += used
         self.cluster_size.mul_(self.decay).add_(used, alpha=1 - self.decay)
-        self.vector_sum.mul_(self.decay).add_(onehot.T @ flat, alpha=1 - self.decay)
+        self.vector_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         # Laplace smoothing keeps a code with no recent use from a division by zero
         total = self.cluster_size.sum()
-        size = len(self.vectors)
         smoothed = (self.cluster_size + 1e-5) / (total + size * 1e-5) * total
         self.vectors.copy_(self.vector_sum / smoothed[:, None])
 
     @torch.no_grad()
-    def restart(self, dead: torch.Tensor, flat: torch.Tensor) -> None:
+    def restart(self, dead: torch.Tensor, flat: torch.Tensor, generator: torch.Generator) -> None:
         """Codes where `dead` (K,) is True take random rows of `flat` (N, D), the encoder's
         outputs for the batch in hand, with their averages reset to them."""
         n = int(dead.sum())
         if n == 0:
             return
-        rows = flat[torch.randint(len(flat), (n,), device=flat.device)]
+        flat = _global_rows(flat)  # the whole global batch's rows, as one process sees them
+        rows = flat[torch.randint(len(flat), (n,), generator=generator).to(flat.device)]
         self.vectors[dead] = rows
         self.vector_sum[dead] = rows
         self.cluster_size[dead] = 1.0
+        broadcast_state(self, buffers_only=True)  # every rank restarts with rank 0's rows
 
     def dead(self) -> torch.Tensor:
         """(K,) True for the codes unused this epoch, or used for under DEAD_SHARE of an even
@@ -212,6 +224,9 @@ class VQVAE(GenerativeModel):
         # codes to restart after the next training step: at first all, so the codebook starts
         # from encoder outputs of the first batch rather than from noise of another scale
         self._dead: torch.Tensor | None = torch.ones(config.codebook_size, dtype=torch.bool)
+        # restarts draw from their own generator, seeded by (seed, epoch): the same rows on
+        # every rank and in one process, and again after a resume
+        self._restart_seed = self.train_config.seed
 
     # ---- sizes -------------------------------------------------------------------------------
     def code_shape(self, height: int, width: int) -> tuple[int, int, int]:
@@ -266,6 +281,7 @@ class VQVAE(GenerativeModel):
         """The codes unused in the epoch before restart after this epoch's first step; counting
         starts again. The counts are saved with the run, so a resumed run restarts the same."""
         super().on_epoch_start(epoch, epochs)
+        self._restart_seed = self.train_config.seed * 1_000_003 + epoch
         counts = self.codebook.counts
         if float(counts.sum()) > 0:
             self._dead = self.codebook.dead()
@@ -283,7 +299,8 @@ class VQVAE(GenerativeModel):
         if self._dead is not None:
             # after this step's count, so a restarted code counts as used only once it wins
             # positions of its own in later steps
-            self.codebook.restart(self._dead.to(self.device), flat.detach())
+            generator = torch.Generator().manual_seed(self._restart_seed)
+            self.codebook.restart(self._dead.to(self.device), flat.detach(), generator)
             self._dead = None
         values = torch.stack([terms.reconstruction, terms.commitment, l1, l2, total]).detach()
         names = ("reconstruction", "commitment", "l1", "l2", "total")
@@ -353,6 +370,22 @@ class VQVAE(GenerativeModel):
         """indices (B, h, w) -> images (B, C, H, W) in [0, 1] of `size` (H, W)."""
         z = self.codebook.vectors[indices.to(self.device)].permute(0, 3, 1, 2)
         return mean_image(self._synthesise(z, size))
+
+
+def _global_rows(flat: torch.Tensor) -> torch.Tensor:
+    """Under torchrun, every rank's rows (N_r, D) joined in rank order: each rank holds a
+    contiguous part of the global batch, so this is the batch one process would hold. Each rank
+    writes its part at its offset in zeros and one sum gathers them (parts may differ in size,
+    which all_gather does not take). Restarts are rare: once an epoch."""
+    if not is_distributed():
+        return flat
+    sizes = torch.zeros(world_size(), dtype=torch.long, device=flat.device)
+    sizes[rank()] = len(flat)
+    sizes = all_reduce_sum(sizes)
+    start = int(sizes[: rank()].sum())
+    whole = flat.new_zeros(int(sizes.sum()), flat.shape[1])
+    whole[start : start + len(flat)] = flat
+    return all_reduce_sum(whole)
 
 
 def _rows(z: torch.Tensor) -> torch.Tensor:
