@@ -27,11 +27,9 @@ from latentspace.models.base import GenerativeModel
 from latentspace.models.entropy import ChannelContextPrior, StepQuantiser
 from latentspace.models.layers import NetworkConfig
 from latentspace.models.likelihood import ms_ssim, ssim
-from latentspace.models.networks import make_decoder, make_encoder
 from latentspace.models.spatial import (
-    SpatialDecoder,
-    SpatialEncoder,
     check_factor,
+    code_networks,
     code_size,
     crop_to,
     pad_to_multiple,
@@ -125,22 +123,9 @@ class FSQ(GenerativeModel):
         decoder: nn.Module | None = None,
     ) -> None:
         super().__init__(config, image_shape, train)
-        given = encoder is not None or decoder is not None or config.encoder or config.decoder
-        self.spatial = config.architecture == "spatial" and not given
-        channels = image_shape[0]
-        if self.spatial:
-            self.encoder: nn.Module = SpatialEncoder(
-                channels, config.latent_dim, config.factor, config.width, blocks=config.blocks
-            )
-            self.decoder: nn.Module = SpatialDecoder(
-                config.latent_dim, channels, config.factor, config.width, blocks=config.blocks
-            )
-        else:  # your own networks, or the built-in flat ones (conv for a spatial config)
-            flat = config
-            if config.architecture == "spatial":
-                flat = dataclasses.replace(config, architecture="conv")
-            self.encoder = make_encoder(flat, image_shape, config.latent_dim, encoder)
-            self.decoder = make_decoder(flat, image_shape, decoder)
+        self.encoder, self.decoder, self.spatial = code_networks(
+            config, image_shape, encoder, decoder
+        )
         qualities = len(config.lambdas)
         self.quantiser = StepQuantiser(qualities, config.latent_dim, config.levels)
         self.prior = ChannelContextPrior(

@@ -16,7 +16,9 @@ decodes to the same pixels whatever batch it is decoded in.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ __all__ = [
     "SpatialDecoder",
     "SpatialEncoder",
     "check_factor",
+    "code_networks",
     "code_size",
     "crop_to",
     "pad_to_multiple",
@@ -154,3 +157,29 @@ class SpatialDecoder(nn.Module):
                 f"the spatial decoder takes (B, C, h, w) code maps, got {tuple(z.shape)}"
             )
         return self.layers(z)
+
+
+def code_networks(
+    config: Any,
+    image_shape: tuple[int, int, int],
+    encoder: nn.Module | None,
+    decoder: nn.Module | None,
+) -> tuple[nn.Module, nn.Module, bool]:
+    """(encoder, decoder, spatial) of a family coding into a map (the fsq and vqvae configs:
+    architecture, latent_dim code channels, factor, width, blocks): spatial networks unless
+    your own are given, else yours or the built-in flat ones (conv for a spatial config)."""
+    from latentspace.models.networks import make_decoder, make_encoder
+
+    given = encoder is not None or decoder is not None or config.encoder or config.decoder
+    if config.architecture == "spatial" and not given:
+        channels, blocks = image_shape[0], config.blocks
+        return (
+            SpatialEncoder(channels, config.latent_dim, config.factor, config.width, blocks=blocks),
+            SpatialDecoder(config.latent_dim, channels, config.factor, config.width, blocks=blocks),
+            True,
+        )
+    flat = config
+    if config.architecture == "spatial":
+        flat = dataclasses.replace(config, architecture="conv")
+    built = make_encoder(flat, image_shape, config.latent_dim, encoder)
+    return built, make_decoder(flat, image_shape, decoder), False

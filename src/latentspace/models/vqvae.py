@@ -44,11 +44,9 @@ from latentspace.errors import ConfigError
 from latentspace.models.base import GenerativeModel
 from latentspace.models.layers import NetworkConfig
 from latentspace.models.likelihood import PixelLikelihood, check_likelihood, mean_image
-from latentspace.models.networks import make_decoder, make_encoder
 from latentspace.models.spatial import (
-    SpatialDecoder,
-    SpatialEncoder,
     check_factor,
+    code_networks,
     code_size,
     crop_to,
     pad_to_multiple,
@@ -201,26 +199,16 @@ class VQVAE(GenerativeModel):
         decoder: nn.Module | None = None,
     ) -> None:
         super().__init__(config, image_shape, train)
-        given = encoder is not None or decoder is not None or config.encoder or config.decoder
-        self.spatial = config.architecture == "spatial" and not given
-        channels = image_shape[0]
-        if self.spatial:
-            self.encoder: nn.Module = SpatialEncoder(
-                channels, config.latent_dim, config.factor, config.width, blocks=config.blocks
-            )
-            self.decoder: nn.Module = SpatialDecoder(
-                config.latent_dim, channels, config.factor, config.width, blocks=config.blocks
-            )
+        self.encoder, self.decoder, self.spatial = code_networks(
+            config, image_shape, encoder, decoder
+        )
+        if self.spatial:  # oneDNN's faster layout, as build_model does for conv networks
             self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        else:  # your own networks, or the built-in flat ones (conv for a spatial config)
-            flat = config
-            if config.architecture == "spatial":
-                flat = dataclasses.replace(config, architecture="conv")
-            self.encoder = make_encoder(flat, image_shape, config.latent_dim, encoder)
-            self.decoder = make_decoder(flat, image_shape, decoder)
         dim = config.latent_dim if self.spatial else 1
         self.codebook = Codebook(config.codebook_size, dim, config.decay)
-        self.pixel_likelihood = PixelLikelihood(config.likelihood, channels, config.gaussian_std)
+        self.pixel_likelihood = PixelLikelihood(
+            config.likelihood, image_shape[0], config.gaussian_std
+        )
         # codes to restart after the next training step: at first all, so the codebook starts
         # from encoder outputs of the first batch rather than from noise of another scale
         self._dead: torch.Tensor | None = torch.ones(config.codebook_size, dtype=torch.bool)
