@@ -12,7 +12,7 @@ import torch
 
 from latentspace.data.store import Images
 
-__all__ = ["Batches", "binarize_static", "to_float"]
+__all__ = ["Batches", "batches_per_epoch", "binarize_static", "shard", "to_float"]
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -27,6 +27,21 @@ def binarize_static(images: torch.Tensor | Images, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     draw = torch.bernoulli(to_float(images.cpu()), generator=generator)
     return (draw * 255).to(torch.uint8).to(images.device)
+
+
+def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Global batches of an epoch over n items: a last one of fewer items than processes is
+    skipped (a rank cannot step on nothing)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest and rest >= world else 0)
+
+
+def shard(start: int, n: int, rank: int, world: int) -> tuple[int, int]:
+    """(first, end) of `rank`'s contiguous part of the global batch [start, start + n): the
+    parts differ by at most one item and add up to the batch in order."""
+    size, extra = divmod(n, world)
+    first = start + rank * size + min(rank, extra)
+    return first, first + size + (1 if rank < extra else 0)
 
 
 class Batches:
@@ -67,14 +82,10 @@ class Batches:
         self.global_size = 0  # images in the global batch of the batch last yielded
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.images), self.batch_size)
-        return full + (1 if rest and rest >= self.world else 0)
+        return batches_per_epoch(len(self.images), self.batch_size, self.world)
 
     def _shard(self, start: int, n: int) -> tuple[int, int]:
-        """(first, end) of this rank's part of the global batch images[start : start + n]."""
-        size, extra = divmod(n, self.world)
-        first = start + self.rank * size + min(self.rank, extra)
-        return first, first + size + (1 if self.rank < extra else 0)
+        return shard(start, n, self.rank, self.world)
 
     def _gather(self, index: torch.Tensor | slice) -> torch.Tensor:
         """images[index] on the target device; through pinned memory for a GPU (the caching host

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
+from latentspace.data.batches import batches_per_epoch, shard
 from latentspace.data.text_corpus import CORPORA, SPLITS, corpus_status
 from latentspace.errors import DataError
 from latentspace.settings import DataConfig, TrainConfig
@@ -213,8 +214,7 @@ class TextBatches:
         self.global_size = 0  # sentences in the global batch of the batch last yielded
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.images), self.batch_size)
-        return full + (1 if rest and rest >= self.world else 0)
+        return batches_per_epoch(len(self.images), self.batch_size, self.world)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         n = len(self.images)
@@ -223,9 +223,8 @@ class TextBatches:
             size = min(self.batch_size, n - start)
             if size < self.world:
                 break
-            part, extra = divmod(size, self.world)
-            first = start + self.rank * part + min(self.rank, extra)
-            index = order[first : first + part + (1 if self.rank < extra else 0)]
+            first, end = shard(start, size, self.rank, self.world)
+            index = order[first:end]
             self.global_size = size
             longest = int(self.lengths[index].max())
             yield self.images[index.to(self.images.device), :longest].to(self.device)
