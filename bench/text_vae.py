@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +39,8 @@ from latentspace.data import held_out, prepare_data
 from latentspace.data.text import PAD_ID
 from latentspace.models import build_model, for_data
 from latentspace.train import StopTraining
+
+FAMILIES = ("sentence_vae", "lm")
 
 
 class TimeBudget:
@@ -69,7 +73,7 @@ def step_times(args: argparse.Namespace, rounds: int = 3) -> None:
     """Seconds per training step, this implementation against `padded_nll`, in turns (so both
     see the same load), on the same batches, word dropout off so both do the same work."""
     results = {}
-    for family in ("sentence_vae", "lm"):
+    for family in FAMILIES:
         overrides = [*settings(args, family), "data.limit=2000", "model.word_dropout=0"]
         config = ls.apply_overrides(ls.default_config(), overrides)
         train_set, _ = prepare_data(config)
@@ -155,6 +159,12 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here")
     parser.add_argument("--quick", action="store_true", help="tiny: 2000 sentences, 1 minute")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="train both families at once, one process each (on 2 cores: --threads 1)",
+    )
+    parser.add_argument("--only", choices=FAMILIES, help=argparse.SUPPRESS)
     parser.add_argument("--step", action="store_true", help="time one training step only")
     parser.add_argument("--step-batches", type=int, default=4, help="batches --step times")
     args = parser.parse_args()
@@ -165,38 +175,54 @@ def main() -> int:
     if args.quick:
         args.minutes, args.samples = min(args.minutes, 0.5), 10
         args.test_limit, args.train_limit = 100, 2000
-    torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.mkdtemp(prefix="text-vae-"))
-    results, models = {}, {}
-    for family in ("sentence_vae", "lm"):
-        config = ls.apply_overrides(ls.default_config(), settings(args, family))
-        started = time.perf_counter()
-        run = ls.train(
-            config,
-            out / family,
-            quiet=True,
-            report=False,
-            callbacks=[TimeBudget(args.minutes * 60)],
-        )
-        epochs = [r for r in run.metrics if r.get("kind") == "epoch"]
-        minutes = (time.perf_counter() - started) / 60
-        test = held_out(run.config).images
-        assert test is not None
-        ids = test.images[: args.test_limit or None]
-        t0 = time.perf_counter()
-        scores = evaluate_text(run.model, ids, samples=args.samples)
-        scores.update(epochs=len(epochs), train_minutes=round(minutes, 2))
-        scores["eval_minutes"] = round((time.perf_counter() - t0) / 60, 2)
-        results[family], models[family] = scores, run.model
-        print(f"{family}: {json.dumps(scores)}", flush=True)
-    show(results, models, held_out(ls.open_run(out / "sentence_vae").config).images, args)
+    if args.only:
+        scores = train_and_score(args, args.only, out)
+        (out / f"{args.only}.json").write_text(json.dumps(scores))
+        return 0
+    if args.together:
+        # Both families train at once, one process each: they see the same load from whatever
+        # else runs on the machine, so the comparison stays fair on a shared machine.
+        flags = [a for a in sys.argv[1:] if a != "--together"]
+        children = [
+            subprocess.Popen(
+                [sys.executable, __file__, *flags, "--only", family, "--out", str(out)]
+            )
+            for family in FAMILIES
+        ]
+        if any([child.wait() != 0 for child in children]):  # wait for both
+            return 1
+        results = {f: json.loads((out / f"{f}.json").read_text()) for f in FAMILIES}
+    else:
+        results = {family: train_and_score(args, family, out) for family in FAMILIES}
+    for family in FAMILIES:
+        print(f"{family}: {json.dumps(results[family])}", flush=True)
+    vae_run = ls.open_run(out / "sentence_vae")
+    show(results, vae_run.model, held_out(vae_run.config).images, args)
     print(f"runs kept in {out}")
     return 0
 
 
-def show(
-    results: dict[str, Any], models: dict[str, Any], test: Any, args: argparse.Namespace
-) -> None:
+def train_and_score(args: argparse.Namespace, family: str, out: Path) -> dict[str, Any]:
+    """Train `family` for the time budget under out/family and score it on the test split."""
+    config = ls.apply_overrides(ls.default_config(), settings(args, family))
+    started = time.perf_counter()
+    run = ls.train(
+        config, out / family, quiet=True, report=False, callbacks=[TimeBudget(args.minutes * 60)]
+    )
+    epochs = [r for r in run.metrics if r.get("kind") == "epoch"]
+    minutes = (time.perf_counter() - started) / 60
+    test = held_out(run.config).images
+    assert test is not None
+    ids = test.images[: args.test_limit or None]
+    t0 = time.perf_counter()
+    scores = evaluate_text(run.model, ids, samples=args.samples)
+    scores.update(epochs=len(epochs), train_minutes=round(minutes, 2))
+    scores["eval_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+    return scores
+
+
+def show(results: dict[str, Any], model: Any, test: Any, args: argparse.Namespace) -> None:
     vae, lm = results["sentence_vae"], results["lm"]
     print(
         f"\nNLL (IWAE, K={args.samples}) per sentence: VAE {vae['nll']:.2f} vs LM {lm['nll']:.2f} "
@@ -215,7 +241,6 @@ def show(
         f"{'met' if vae['token_accuracy'] >= 0.5 else 'MISSED'}), BLEU {vae['bleu']:.1f}, "
         f"mutual information {vae['mutual_information']:.2f} nats"
     )
-    model = models["sentence_vae"]
     generator = torch.Generator().manual_seed(0)
     pick = torch.randperm(len(test), generator=generator)[:10].tolist()
     print("\nfive interpolations (greedy decoding of the homotopy, 5 steps):")
