@@ -356,8 +356,8 @@ def test_neighbours_and_traverse_print_sentences(
     assert main(["traverse", str(run), "--dims", "0,2", "--steps", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "around the prior mean:" and lines[1] == "z0:" and len(lines) == 9
-    assert main(["map", str(run), "--out", str(tmp_path / "map.png")]) == 1
-    assert "not made for text models" in capsys.readouterr().err
+    assert main(["map", str(run), "--out", str(tmp_path / "map.png")]) == 0
+    assert (tmp_path / "map.html").exists()  # the scatter with sentences on hover
 
 
 def test_switching_to_a_text_family_takes_its_defaults_unless_set() -> None:

@@ -155,6 +155,10 @@ def write_report(run_dir: str | Path, *, device: str = "cpu", quiet: bool = Fals
     check_writable(folder / REPORT)  # a read-only run: one line now, not after every figure
     model = run.model
     sections = _Sections(folder)
+    if model.inputs == "text":  # sentences where this page has pictures
+        from latentspace.analysis.text_report import write_text_report
+
+        return write_text_report(run, sections, quiet=quiet)
     generator = torch.Generator().manual_seed(0)
     state: dict[str, Any] = {}
 
@@ -271,20 +275,9 @@ def write_report(run_dir: str | Path, *, device: str = "cpu", quiet: bool = Fals
             )
         return html
 
-    def diagnostics() -> str:
-        from latentspace.diagnostics import diagnostics_figures, read_diagnostics
-
-        figures = diagnostics_figures(folder, folder)
-        if not figures:
-            return '<p class="note">No diagnostics.jsonl: trained with --no-diagnostics.</p>'
-        said = [(r["epoch"], w) for r in read_diagnostics(folder) for w in r["warnings"]]
-        notes = "".join(f"<li>epoch {e}: {escape(w)}</li>" for e, w in said)
-        body = f"<ul>{notes}</ul>" if said else '<p class="note">No warnings.</p>'
-        return body + "".join(sections.figure(png.name, title) for title, png in figures)
-
     planned: list[tuple[str, Callable[[], str]]] = [
         ("Loss curves", losses),
-        ("Training diagnostics", diagnostics),
+        ("Training diagnostics", lambda: _diagnostics_html(folder, sections)),
         ("Reconstructions", reconstructions),
         ("Samples", samples),
         ("Sample quality", sample_quality),
@@ -310,6 +303,19 @@ def write_report(run_dir: str | Path, *, device: str = "cpu", quiet: bool = Fals
         )
     items = [("Run", summary), *sections.items]
     return write_page(folder / REPORT, f"latentspace report: {folder.name}", items)
+
+
+def _diagnostics_html(folder: Path, sections: _Sections) -> str:
+    """The training diagnostics' warnings, epoch by epoch, and their figures."""
+    from latentspace.diagnostics import diagnostics_figures, read_diagnostics
+
+    figures = diagnostics_figures(folder, folder)
+    if not figures:
+        return '<p class="note">No diagnostics.jsonl: trained with --no-diagnostics.</p>'
+    said = [(r["epoch"], w) for r in read_diagnostics(folder) for w in r["warnings"]]
+    notes = "".join(f"<li>epoch {e}: {escape(w)}</li>" for e, w in said)
+    body = f"<ul>{notes}</ul>" if said else '<p class="note">No warnings.</p>'
+    return body + "".join(sections.figure(png.name, title) for title, png in figures)
 
 
 def _loss_units(model: GenerativeModel) -> str:

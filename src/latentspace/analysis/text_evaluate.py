@@ -17,10 +17,21 @@ from typing import Any
 import torch
 
 from latentspace.data.text import PAD_ID
-from latentspace.diagnostics.measure import ACTIVE_UNIT_THRESHOLD, active_units
+from latentspace.diagnostics.measure import (
+    ACTIVE_UNIT_THRESHOLD,
+    active_units,
+    posterior_mean_variance,
+)
+from latentspace.diagnostics.rules import Thresholds
 from latentspace.errors import DataError
 
-__all__ = ["evaluate_text", "mutual_information", "token_accuracy"]
+__all__ = [
+    "collapse_verdict",
+    "evaluate_text",
+    "is_collapsed",
+    "mutual_information",
+    "token_accuracy",
+]
 
 
 def token_accuracy(reference: torch.Tensor, decoded: torch.Tensor) -> tuple[int, int]:
@@ -84,7 +95,7 @@ def evaluate_text(
         bound = model.likelihood_bound(batch, samples, generator=generator, precision=precision)
         nll.append(bound.nll.cpu())
         elbo.append(bound.negative_elbo.cpu())
-        kl.append(bound.kl.sum(1).cpu())
+        kl.append(bound.kl.cpu())
         if model.latent_dim:
             mu, logvar = model.code_posterior(batch)
             codes.append(mu.cpu())
@@ -102,7 +113,7 @@ def evaluate_text(
         "nll": float(nll_all.mean()),
         "negative_elbo": float(torch.cat(elbo).double().mean()),
         "perplexity": math.exp(float(nll_all.sum()) / max(tokens, 1)),
-        "kl": float(torch.cat(kl).double().mean()),
+        "kl": float(torch.cat(kl).double().sum(1).mean()),
         "latent_dim": int(model.latent_dim),
     }
     if model.latent_dim:
@@ -113,5 +124,33 @@ def evaluate_text(
             mutual_information=mutual_information(mu, logvar, generator),
             token_accuracy=hits / max(total, 1),
             bleu=_bleu(hypotheses, model.to_text(ids)),
+            # per dimension, as the image evaluation records them (the report's KL chart)
+            kl_per_dim=[round(v, 5) for v in torch.cat(kl).double().mean(0).tolist()],
+            posterior_mean_variance=[round(v, 8) for v in posterior_mean_variance(mu).tolist()],
         )
     return result
+
+
+def is_collapsed(record: dict[str, Any]) -> bool:
+    """Posterior collapse by the training diagnostics' own rule (`Thresholds.collapse`): at most
+    that share of the latent units active, so the decoder writes (almost) without the code."""
+    dims = int(record.get("latent_dim") or 0)
+    return bool(dims) and record["active_units"] / dims <= Thresholds().collapse
+
+
+def collapse_verdict(record: dict[str, Any], advice: str = "") -> str:
+    """An evaluation record's code use in plain words, with the numbers and, when collapsed,
+    what to try (the family's own `collapse_advice`)."""
+    if not record.get("latent_dim"):
+        return "a language model: it has no code, so nothing to collapse"
+    numbers = (
+        f"KL {record['kl']:.2f} nats per sentence, {record['active_units']} of "
+        f"{record['latent_dim']} latent units active, mutual information I(x; z) "
+        f"{record['mutual_information']:.2f} nats"
+    )
+    if is_collapsed(record):
+        return (
+            f"posterior collapse: {numbers}; the decoder writes its sentences (almost) without "
+            f"the code" + (f"; {advice}" if advice else "")
+        )
+    return f"the code is used: {numbers}"

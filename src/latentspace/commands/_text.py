@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from latentspace.analysis import latent
-from latentspace.analysis.text_evaluate import evaluate_text, token_accuracy
+from latentspace.analysis.text_evaluate import collapse_verdict, evaluate_text, token_accuracy
 from latentspace.data import held_out
 from latentspace.data.text import is_text, load_text, prepare_text
 from latentspace.data.text_corpus import CORPORA
@@ -39,6 +39,7 @@ __all__ = [
     "evaluate",
     "generate",
     "interpolate",
+    "map_codes",
     "neighbours",
     "reconstruct",
     "sentences_of",
@@ -212,13 +213,14 @@ def evaluate(args: argparse.Namespace, run: Run) -> int:
     if args.json:
         print(json.dumps(record))
         return 0
-    for line in describe(record):
+    for line in describe(record, getattr(_text_model(run), "collapse_advice", "")):
         print(line)
     return 0
 
 
-def describe(r: dict[str, Any]) -> list[str]:
-    """A text evaluation record as sentences a person reads."""
+def describe(r: dict[str, Any], advice: str = "") -> list[str]:
+    """A text evaluation record as sentences a person reads; `advice`: what to try when the
+    posterior collapsed (the family's `collapse_advice`)."""
     lines = [
         f"evaluated on {r['data']} ({r['tokens']} tokens, end of sentence included)",
         f"NLL {r['nll']:.2f} nats per sentence ("
@@ -234,6 +236,7 @@ def describe(r: dict[str, Any]) -> list[str]:
             f"greedy reconstructions: {r['token_accuracy']:.1%} of tokens recovered, "
             f"BLEU {r['bleu']:.1f}",
         ]
+    lines.append(collapse_verdict(r, advice))
     lines.append(f"took {r['seconds']} s; appended to metrics.jsonl")
     return lines
 
@@ -254,6 +257,27 @@ def neighbours(args: argparse.Namespace, run: Run) -> int:
     print(f"query: {args.query}")
     for distance, index in zip(distances[0].tolist(), indices[0].tolist(), strict=True):
         print(f"{distance:8.3f}  {pool[index]}")
+    return 0
+
+
+def map_codes(args: argparse.Namespace, run: Run) -> int:
+    """`map`: a 2-D scatter of held-out sentences' codes (args.out, a PNG) and the same scatter
+    as an HTML page beside it whose points show their sentence on hover."""
+    from latentspace.analysis.text_report import held_out_sentences, write_map
+
+    _needs_code(run, "map")
+    model = _text_model(run)
+    if args.dataset:
+        pool, source = sentences_of(args.dataset, args.limit), args.dataset
+    else:
+        _, pool, source = held_out_sentences(run)
+        pool = pool[: args.limit or None]
+    codes = torch.cat([model.encode(pool[i : i + 256]).cpu() for i in range(0, len(pool), 256)])
+    page = args.out.with_suffix(".html")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    title = f"{len(codes)} codes of {source} ({args.method} view)"
+    axes = write_map(codes, pool, args.out, page, title, method=args.method, seed=args.seed)
+    print(f"wrote {args.out} and {page} ({title}, {axes[0]} by {axes[1]}; hover for sentences)")
     return 0
 
 

@@ -370,10 +370,7 @@ def run_map(args: argparse.Namespace) -> int:
     _check_limit(args.limit)
     run = open_run_for_use(args)
     if run.model.inputs == "text":
-        raise ConfigError(
-            f"map: not made for text models yet ({run.path} reads text); `latentspace encode` "
-            "writes the codes, `neighbours` and `interpolate` print sentences"
-        )
+        return _text.map_codes(args, run)
     spec = args.dataset or run.config.data.dataset
     images = load_input(spec, run, args.limit)
     codes = _encode(run, images.images)
