@@ -2,7 +2,9 @@
 et al. 2016) or MLPs: the config, the two players and their step. The losses (non-saturating,
 hinge, least squares, WGAN-GP) are in `gan_losses`; the regularisers (gradient penalty, R1,
 spectral norm, PacGAN packing, minibatch standard deviation) in `gan_regularisers`; the moving
-average of the generator in `moving_average`.
+average of the generator in `moving_average`; the discriminator's network in `gan_networks`; the
+terms a step reports and the signals the diagnostics judge in `gan_terms`; inversion (`encode`)
+in `gan_inversion`.
 
 The generator is the shared decoder (`build_decoder`, sigmoid output in [0, 1]); the
 discriminator is the shared encoder with one output (`build_encoder(..., out_features=1)`), a raw
@@ -22,20 +24,20 @@ training and its logged terms use the generator being trained.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
-from typing import NamedTuple, cast
+from collections.abc import Iterable, Mapping
+from typing import cast
 
 import torch
 from torch import nn
 
 from latentspace.errors import ConfigError
 from latentspace.models.base import GenerativeModel, make_optimizer
-from latentspace.models.gan_losses import LOSSES, feature_matching, gan_losses, won_below
+from latentspace.models.gan_inversion import invert
+from latentspace.models.gan_losses import LOSSES, feature_matching, gan_losses
+from latentspace.models.gan_networks import build_discriminator, frozen
 from latentspace.models.gan_regularisers import (
-    MinibatchStd,
     dcgan_init,
     gradient_penalty,
     pack_images,
@@ -43,9 +45,17 @@ from latentspace.models.gan_regularisers import (
     spectral_normalise,
     with_batch_norm,
 )
+from latentspace.models.gan_terms import (
+    DiscriminatorResult,
+    DiscriminatorTerms,
+    GeneratorResult,
+    logged_terms,
+    training_signals,
+    validation_terms,
+)
 from latentspace.models.layers import NetworkConfig, make_activation
 from latentspace.models.moving_average import standing_statistics, update_moving_average
-from latentspace.models.networks import make_decoder, make_encoder
+from latentspace.models.networks import make_decoder
 from latentspace.settings import TrainConfig
 
 __all__ = ["GAN", "GANConfig"]
@@ -125,99 +135,6 @@ class GANConfig(NetworkConfig):
             )
 
 
-class DiscriminatorTerms(NamedTuple):
-    """One evaluation of the discriminator's loss, averaged over the batch. `loss` includes the
-    gradient penalty, weighted; `gp` is that penalty unweighted: WGAN-GP's, or R1's times the
-    lazy-R1 weight (0 when neither). The scores D(x), D(G(z)) and, with feature matching, D's
-    last hidden layer on x (else None) are detached."""
-
-    loss: torch.Tensor
-    gp: torch.Tensor
-    real_scores: torch.Tensor
-    fake_scores: torch.Tensor
-    real_features: torch.Tensor | None
-
-
-class DiscriminatorResult(NamedTuple):
-    """One discriminator step: its terms, and what it minimised, `terms.loss + l1 + l2`."""
-
-    terms: DiscriminatorTerms
-    loss: torch.Tensor
-    l1: torch.Tensor
-    l2: torch.Tensor
-
-
-class GeneratorResult(NamedTuple):
-    """One generator step: what it minimised (adversarial + feature_matching x matching + l1 +
-    l2), its weight penalties, the unweighted feature-matching term and the images it made."""
-
-    loss: torch.Tensor
-    l1: torch.Tensor
-    l2: torch.Tensor
-    matching: torch.Tensor
-    fake: torch.Tensor
-
-
-def _pairwise_spread(images: torch.Tensor) -> torch.Tensor:
-    """Mean Euclidean distance between the images of a batch, per pixel (RMS): a cheap measure of
-    diversity. (B, C, H, W) -> scalar."""
-    flat = images.flatten(1)
-    if len(flat) < 2:
-        return torch.zeros((), device=images.device)
-    return torch.pdist(flat).mean() / flat.shape[1] ** 0.5
-
-
-@contextlib.contextmanager
-def _frozen(network: nn.Module) -> Iterator[None]:
-    """No gradients for the weights of `network` inside (the generator step needs none for D's);
-    all of them trainable again afterwards, also after an error."""
-    parameters = list(network.parameters())
-    for p in parameters:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in parameters:
-            p.requires_grad_(True)
-
-
-def _check_splittable(network: nn.Module, config: GANConfig) -> None:
-    """minibatch_std and feature_matching split the discriminator's last layer (its score) off the
-    rest (its features): a one-line ConfigError when `network` cannot be split so."""
-    if isinstance(network, nn.Sequential) and isinstance(network[-1], nn.Linear):
-        return
-    for key in ("minibatch_std", "feature_matching"):
-        if getattr(config, key):
-            raise ConfigError(
-                f"model.{key} needs the built-in discriminator (an nn.Sequential ending in "
-                f"nn.Linear, whose last layer it splits off); your network "
-                f"{type(network).__name__} is not one: set model.{key} = 0"
-            )
-
-
-def _build_discriminator(
-    config: GANConfig, image_shape: tuple[int, int, int], encoder: nn.Module | None
-) -> nn.Module:
-    """D: the shared encoder with one output (or `encoder`), with its own widths and activation,
-    judging `pack` images at once, and with minibatch_std the spread term in its last layer."""
-    d_config = dataclasses.replace(
-        config,
-        activation=config.d_activation,
-        channels=config.d_channels or config.channels,
-        hidden_sizes=config.d_hidden_sizes or config.hidden_sizes,
-    )
-    c, h, w = image_shape  # PacGAN: `pack` images side by side in the channel axis
-    network = make_encoder(d_config, (c * config.pack, h, w), 1, encoder)
-    _check_splittable(network, config)
-    if config.minibatch_std:
-        layers = cast(nn.Sequential, network)
-        layers[-1] = MinibatchStd(cast(nn.Linear, layers[-1]), config.minibatch_std)
-    for layer in network.modules():
-        if isinstance(layer, nn.LeakyReLU):
-            layer.negative_slope = 0.2  # DCGAN's slope; torch's default 0.01 is nearly ReLU
-    return network
-
-
 class GAN(GenerativeModel):
     """Images are (B, C, H, W) floats in [0, 1]; codes (B, D) drawn from N(0, I)."""
 
@@ -246,7 +163,7 @@ class GAN(GenerativeModel):
         if config.batch_norm and isinstance(generator, nn.Sequential):
             generator = with_batch_norm(generator)
         self.generator = generator
-        self.discriminator = _build_discriminator(config, image_shape, encoder)
+        self.discriminator = build_discriminator(config, image_shape, encoder)
         if config.architecture == "conv":  # DCGAN's init for the built-in networks, not yours
             if decoder is None and not config.decoder:
                 dcgan_init(self.generator)
@@ -388,7 +305,7 @@ class GAN(GenerativeModel):
     ) -> GeneratorResult:
         """One generator step against the discriminator as the last step `d` left it, then one
         update of the moving average. Feature matching compares with d's real features."""
-        with _frozen(self.discriminator):
+        with frozen(self.discriminator):
             with self.autocast():
                 fake = self._fake(self.sample_latent(len(x)))
                 if d.real_features is not None:  # feature matching is on
@@ -404,37 +321,6 @@ class GAN(GenerativeModel):
             self._update_ema()
         return GeneratorResult(loss, l1, l2, matching, fake)
 
-    def _mean_outputs(self, scores: torch.Tensor) -> torch.Tensor:
-        """D's mean output: a probability for the non-saturating loss, else the raw score."""
-        return (
-            torch.sigmoid(scores).mean() if self.config.loss == "nonsaturating" else scores.mean()
-        )
-
-    def _logged_terms(
-        self, x: torch.Tensor, d: DiscriminatorResult, g: GeneratorResult
-    ) -> dict[str, torch.Tensor]:
-        """The terms `training_step` returns, detached, in one stacked tensor's float32 rows."""
-        with torch.no_grad():
-            diversity = _pairwise_spread(g.fake.float()) / _pairwise_spread(x).clamp_min(1e-8)
-        values = torch.stack(
-            [
-                d.loss.detach(),
-                g.loss.detach(),
-                self._mean_outputs(d.terms.real_scores),
-                self._mean_outputs(d.terms.fake_scores),
-                d.terms.gp.detach(),
-                diversity,
-                (d.l1 + g.l1).detach(),
-                (d.l2 + g.l2).detach(),
-                (d.loss + g.loss).detach(),
-            ]
-        ).float()
-        keys = ("d_loss", "g_loss", "d_real", "d_fake", "gp", "diversity", "l1", "l2", "total")
-        logged = dict(zip(keys, values, strict=True))
-        if self.config.feature_matching:
-            logged["matching"] = g.matching.detach().float()
-        return logged
-
     def training_step(
         self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
     ) -> dict[str, torch.Tensor]:
@@ -449,7 +335,7 @@ class GAN(GenerativeModel):
         for _ in range(self.config.d_steps):  # at least one (GANConfig.validate)
             d = self._discriminator_step(x, opt_d)
         g = self._generator_step(x, opt_g, d.terms)
-        return self._logged_terms(x, d, g)
+        return logged_terms(x, d, g, self.config.loss, bool(self.config.feature_matching))
 
     @torch.no_grad()
     def validation_step(self, x: torch.Tensor) -> dict[str, float]:
@@ -459,36 +345,13 @@ class GAN(GenerativeModel):
         fake = self._fake(self.sample_latent(len(x), generator=seeded))
         terms = self._discriminator_loss(x, fake, seeded)
         _, g_loss = gan_losses(self.config.loss, terms.real_scores, terms.fake_scores)
-        diversity = _pairwise_spread(fake) / _pairwise_spread(x).clamp_min(1e-8)
-        values = torch.stack(
-            [
-                terms.loss,
-                g_loss,
-                self._mean_outputs(terms.real_scores),
-                self._mean_outputs(terms.fake_scores),
-                terms.gp,
-                diversity,
-                terms.loss + g_loss,
-            ]
-        ).tolist()
-        keys = ("d_loss", "g_loss", "d_real", "d_fake", "gp", "diversity", "total")
-        return dict(zip(keys, values, strict=True))
+        return validation_terms(x, fake, terms, g_loss, self.config.loss)
 
     def training_signals(self, terms: Mapping[str, float]) -> dict[str, float]:
         """What `latentspace.diagnostics` judges of an epoch, from its mean training terms: the
-        rules and their thresholds live there; the family only says what its terms measure.
-        sample_diversity: the generated images' spread over the real batch's (1.0 = as varied
-        as the data, near 0: the generator collapses); discriminator_loss and
-        discriminator_won_below: its loss and the loss under which it has won outright
-        (`gan_losses.won_below`, per loss; none for wgan-gp)."""
-        signals: dict[str, float] = {}
-        if "diversity" in terms:
-            signals["sample_diversity"] = float(terms["diversity"])
-        limit = won_below(self.config.loss)
-        if limit is not None and "d_loss" in terms:
-            signals["discriminator_loss"] = float(terms["d_loss"])
-            signals["discriminator_won_below"] = limit
-        return signals
+        generated images' spread over the real ones' and the discriminator's loss against the
+        loss under which it has won outright (see `gan_terms.training_signals`)."""
+        return training_signals(terms, self.config.loss)
 
     # ---- use: inversion ------------------------------------------------------------------------
     def invert(
@@ -506,31 +369,16 @@ class GAN(GenerativeModel):
         batch), keeping the start that ends closest. Deterministic: starts come from `generator`,
         or a fixed seed."""
         self.check_images(x)
-        steps = self.config.inversion_steps if steps is None else steps
-        restarts = self.config.inversion_restarts if restarts is None else restarts
-        generator = generator or torch.Generator().manual_seed(0)
-        was_training = self.training
-        self.eval()
-        n = len(x)
-        target = x.detach().repeat(restarts, 1, 1, 1)
-        z = self.sample_latent(restarts * n, generator=generator).requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=self.config.inversion_lr)
-        try:
-            with torch.enable_grad():  # the CLI encodes under no_grad
-                for _ in range(steps):
-                    # summed over images: each code's gradient is its own image's alone
-                    loss = (self.decode(z) - target).pow(2).flatten(1).mean(1).sum()
-                    (z.grad,) = torch.autograd.grad(loss, z)
-                    optimizer.step()
-            with torch.no_grad():
-                errors = (self.decode(z) - target).pow(2).flatten(1).mean(1)
-                best = errors.view(restarts, n).argmin(0)
-                index = best * n + torch.arange(n, device=best.device)
-                codes, best_errors = z.detach()[index], errors[index]
-        finally:
-            self.train(was_training)
-        self.last_inversion_error = best_errors
-        return codes, best_errors
+        codes, errors = invert(
+            self,
+            x,
+            steps=self.config.inversion_steps if steps is None else steps,
+            restarts=self.config.inversion_restarts if restarts is None else restarts,
+            lr=self.config.inversion_lr,
+            generator=generator,
+        )
+        self.last_inversion_error = errors
+        return codes, errors
 
     def encode(
         self, x: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
