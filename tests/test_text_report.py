@@ -52,7 +52,7 @@ def test_the_report_of_a_sentence_vae_shows_escaped_sentences(vae_run: Path) -> 
     assert sections["Samples"].count("<tr>") == 1 + 20  # header + the 20 generated sentences
     assert sections["Interpolation"].count("<tr>") == 1 + 8
     run = open_run(vae_run)
-    held_out = int(round(80 * 0.25))
+    held_out = round(80 * 0.25)
     assert sections["Latent map"].count("<title>") == held_out  # one hover title a sentence
     for name in ("perplexity", "active_units", "mutual_information", "token_accuracy", "bleu"):
         assert f"<td>{name}</td>" in sections["Metrics"]
@@ -85,10 +85,10 @@ def test_map_of_a_text_run_writes_a_scatter_and_a_page_with_sentences_on_hover(
 
 
 def test_evaluate_text_records_each_dimension_and_they_add_up(vae_run: Path) -> None:
-    from latentspace.data import held_out
+    from latentspace.analysis.text_report import held_out_sentences
 
     run = open_run(vae_run)
-    ids = held_out(run.config).images.images  # type: ignore[union-attr]
+    ids = held_out_sentences(run)[0]
     record = evaluate_text(run.model, ids, samples=3)
     assert len(record["kl_per_dim"]) == run.model.latent_dim
     assert sum(record["kl_per_dim"]) == pytest.approx(record["kl"], rel=1e-3, abs=1e-4)
