@@ -23,11 +23,13 @@ from PIL import Image
 import latentspace as ls
 from conftest import make_images
 from latentspace.cli import main
+from latentspace.errors import ConfigError
 from latentspace.journal import FORMAT_VERSION, AlbumError, decode_album, encode_album
 from latentspace.journal.coding import SymbolCoder
 from latentspace.journal.container import MAGIC, Album, Entry, pack, unpack
 from latentspace.models import MODELS
 from latentspace.models.entropy import PRECISION, ChannelContextPrior, integer_frequencies
+from latentspace.models.spatial import FACTORS, UPSAMPLES, SpatialDecoder
 from latentspace.runs import WEIGHTS, weights_sha256
 
 CODEC = next(name for name, cls in MODELS.items() if hasattr(cls, "to_symbols"))
@@ -106,6 +108,48 @@ def test_rate_is_the_code_length_under_the_prior_and_reaches_the_encoder(context
     rate.sum().backward()
     assert coordinate.grad is not None and bool(coordinate.grad.abs().sum() > 0)
     assert prior.logits.grad is not None and bool(prior.logits.grad.abs().sum() > 0)
+
+
+def test_the_rates_gradient_to_the_encoder_is_the_slope_between_the_two_symbols() -> None:
+    """Oracle: d rate / d coordinate at each position is the code length of the symbol above the
+    continuous value less that of the symbol below it, under the position's own quality and
+    context (the flat-index lookup must find the same rows as the table does)."""
+    torch.manual_seed(1)
+    levels = 5
+    prior = ChannelContextPrior(qualities=3, channels=3, levels=levels, context=2)
+    with torch.no_grad():
+        prior.logits.normal_()
+    coordinate = (torch.rand(3, 3, 2, 2) * (levels - 1)).requires_grad_()
+    symbols = coordinate.detach().round().long()
+    quality = torch.tensor([2, 0, 1])
+    prior.rate(coordinate, symbols, quality).sum().backward()
+    assert coordinate.grad is not None
+    bits = -torch.log_softmax(prior.logits.detach(), -1) / math.log(2)
+    for i, c, y, x in itertools.product(range(3), range(3), range(2), range(2)):
+        previous = [int(symbols[i, c - j, y, x]) for j in (1, 2) if c >= j]
+        row = bits[int(quality[i]), c, sum(s * levels**p for p, s in enumerate(previous))]
+        below = min(int(coordinate[i, c, y, x].floor()), levels - 2)
+        slope = row[below + 1] - row[below]
+        assert torch.isclose(coordinate.grad[i, c, y, x], slope, atol=1e-5), (i, c, y, x)
+
+
+@pytest.mark.parametrize("upsample", UPSAMPLES)
+def test_both_decoders_give_the_images_size_and_subpixel_never_works_at_full_size(
+    upsample: str,
+) -> None:
+    """Any code map decodes to factor x its size; the sub-pixel decoder's only full-size tensor
+    is its output (the cost it removes), the transposed one's hidden layers are full size."""
+    for factor in FACTORS:
+        decoder = SpatialDecoder(3, 3, factor, 8, upsample=upsample)
+        h, full = torch.rand(2, 3, 3, 5), []
+        for layer in decoder.layers:
+            h = layer(h)
+            if h.shape[2] == 3 * factor:
+                full.append(h.shape[1])  # channels of a full-size tensor
+        assert h.shape == (2, 3, 3 * factor, 5 * factor)
+        assert (max(full) == 3) == (upsample == "subpixel"), full
+    with pytest.raises(ConfigError, match="upsample"):
+        ls.apply_overrides(ls.default_config(CODEC), ["model.upsample=bilinear"])
 
 
 def test_integer_tables_are_positive_and_sum_to_the_precision() -> None:

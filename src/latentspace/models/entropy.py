@@ -155,17 +155,24 @@ class ChannelContextPrior(nn.Module):
         """Bits per image (B,) of `symbols` (B, C, h, w): exact in value; the gradient reaches
         the logits through the exact code lengths and the encoder through `coordinate` (the
         continuous position between two symbols), by linear interpolation of the lengths
-        (contexts are taken as given)."""
-        table = -F.log_softmax(self.logits[quality].float(), dim=-1) / math.log(2)  # (B,C,K,A)
+        (contexts are taken as given). quality: (B,) or 0-dim.
+
+        The code lengths are looked up in the flattened (Q, C, K, A) table by one index per
+        symbol. Gathering each position's whole row of A lengths first, as the first version
+        did, made (B, C, h*w, A) tensors and their scatter-add backward: 3x slower on a photo's
+        code map (bench/journal.py --step)."""
+        _, channels, contexts, levels = self.logits.shape
+        bits = (-F.log_softmax(self.logits.float(), dim=-1) / math.log(2)).flatten()
         where = self.contexts(symbols.detach()).flatten(2)  # (B, C, N)
-        bits = table.gather(2, where[..., None].expand(-1, -1, -1, self.levels))  # (B,C,N,A)
-        exact = bits.gather(3, symbols.flatten(2)[..., None])[..., 0]
+        channel = torch.arange(channels, device=symbols.device).reshape(1, -1, 1)
+        row = quality.reshape(-1, 1, 1) * channels + channel  # (B or 1, C, 1)
+        start = (row * contexts + where) * levels  # each symbol's row of A lengths
+        exact = bits[start + symbols.flatten(2)]
         fixed = bits.detach()
-        position = coordinate.flatten(2).clamp(0, self.levels - 1)
-        below = position.detach().floor().clamp(max=self.levels - 2).long()
+        position = coordinate.flatten(2).clamp(0, levels - 1)
+        below = position.detach().floor().clamp(max=levels - 2).long()
         share = position - below
-        low = fixed.gather(3, below[..., None])[..., 0]
-        high = fixed.gather(3, below[..., None] + 1)[..., 0]
+        low, high = fixed[start + below], fixed[start + below + 1]
         between = (1 - share) * low + share * high
         return (exact + between - between.detach()).flatten(1).sum(1)
 

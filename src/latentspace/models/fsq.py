@@ -28,6 +28,7 @@ from latentspace.models.entropy import ChannelContextPrior, StepQuantiser
 from latentspace.models.layers import NetworkConfig
 from latentspace.models.likelihood import ms_ssim, ssim
 from latentspace.models.spatial import (
+    UPSAMPLES,
     check_factor,
     code_networks,
     code_size,
@@ -50,6 +51,9 @@ class FSQConfig(NetworkConfig):
     factor: int = 4  # spatial: the code map is 1/factor of the image's side (4, 8 or 16)
     width: int = 64  # spatial: channels inside the networks
     blocks: int = 1  # spatial: residual blocks after each halving
+    # spatial: the decoder's last doubling: "subpixel" (a 3x3 convolution to 4x the channels,
+    # then pixel shuffle; ~2x faster training steps) or "transposed" (the first version's)
+    upsample: str = "subpixel"
     levels: int = 9  # symbols per code channel at the highest quality (odd, >= 3)
     context: int = 2  # the entropy model predicts a channel from this many channels before it
     # the rate weight of each quality level, quality 1 first: distortion (squared error summed
@@ -69,6 +73,10 @@ class FSQConfig(NetworkConfig):
         NetworkConfig.validate(shared)
         if self.architecture == "spatial":
             check_factor(self.factor)
+            if self.upsample not in UPSAMPLES:
+                raise ConfigError(
+                    f"model.upsample = {self.upsample!r} is not one of: {', '.join(UPSAMPLES)}"
+                )
             if self.width < 1 or self.blocks < 0:
                 raise ConfigError(
                     f"model.width = {self.width} and model.blocks = {self.blocks}: width must be "

@@ -28,6 +28,7 @@ from latentspace.errors import ConfigError, DataError
 
 __all__ = [
     "FACTORS",
+    "UPSAMPLES",
     "ResidualBlock",
     "SpatialDecoder",
     "SpatialEncoder",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 FACTORS = (4, 8, 16)  # how much smaller each side of the code map is than the image's
+UPSAMPLES = ("transposed", "subpixel")  # how the decoder makes its last doubling
 _SLOPE = 0.2  # LeakyReLU's negative slope (Cheng et al. 2020)
 
 
@@ -131,24 +133,48 @@ class SpatialEncoder(nn.Module):
 
 class SpatialDecoder(nn.Module):
     """(B, code_channels, h, w) -> (B, out_channels, h * factor, w * factor) pre-activation
-    outputs (logits or means, as the family's likelihood reads them)."""
+    outputs (logits or means, as the family's likelihood reads them). upsample: "transposed"
+    doubles with a transposed convolution each time, then a 3x3 convolution at full size;
+    "subpixel" makes the last doubling a sub-pixel convolution (much cheaper, see below)."""
 
     def __init__(
-        self, code_channels: int, out_channels: int, factor: int, width: int, *, blocks: int = 1
+        self,
+        code_channels: int,
+        out_channels: int,
+        factor: int,
+        width: int,
+        *,
+        blocks: int = 1,
+        upsample: str = "transposed",
     ) -> None:
         super().__init__()
         check_factor(factor)
         _check_sizes(out_channels, code_channels, width, blocks)
+        if upsample not in UPSAMPLES:
+            raise ConfigError(f"upsample = {upsample!r} is not one of: {', '.join(UPSAMPLES)}")
         self.factor = factor
         layers: list[nn.Module] = [nn.Conv2d(code_channels, width, 3, padding=1)]
-        for _ in range(int(math.log2(factor))):
+        halvings = int(math.log2(factor))
+        for stage in range(halvings):
             layers += [ResidualBlock(width) for _ in range(blocks)]
+            if upsample == "subpixel" and stage == halvings - 1:
+                break
             layers += [
                 nn.LeakyReLU(_SLOPE),
                 # kernel 4, stride 2, padding 1 doubles exactly, mirroring the encoder
                 nn.ConvTranspose2d(width, width, 4, stride=2, padding=1),
             ]
-        layers += [nn.LeakyReLU(_SLOPE), nn.Conv2d(width, out_channels, 3, padding=1)]
+        if upsample == "subpixel":
+            # the last doubling as a sub-pixel convolution (Shi et al. 2016): each half-size
+            # position predicts its 2x2 output pixels, so no width-channel map is ever made at
+            # full size (those layers were ~40% of a training step: docs/journal.md)
+            layers += [
+                nn.LeakyReLU(_SLOPE),
+                nn.Conv2d(width, out_channels * 4, 3, padding=1),
+                nn.PixelShuffle(2),
+            ]
+        else:
+            layers += [nn.LeakyReLU(_SLOPE), nn.Conv2d(width, out_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -166,7 +192,8 @@ def code_networks(
     decoder: nn.Module | None,
 ) -> tuple[nn.Module, nn.Module, bool]:
     """(encoder, decoder, spatial) of a family coding into a map (the fsq and vqvae configs:
-    architecture, latent_dim code channels, factor, width, blocks): spatial networks unless
+    architecture, latent_dim code channels, factor, width, blocks, and upsample where the
+    config has it): spatial networks unless
     your own are given, else yours or the built-in flat ones (conv for a spatial config)."""
     from latentspace.models.networks import make_decoder, make_encoder
 
@@ -175,7 +202,14 @@ def code_networks(
         channels, blocks = image_shape[0], config.blocks
         return (
             SpatialEncoder(channels, config.latent_dim, config.factor, config.width, blocks=blocks),
-            SpatialDecoder(config.latent_dim, channels, config.factor, config.width, blocks=blocks),
+            SpatialDecoder(
+                config.latent_dim,
+                channels,
+                config.factor,
+                config.width,
+                blocks=blocks,
+                upsample=getattr(config, "upsample", "transposed"),  # families without it
+            ),
             True,
         )
     flat = config
