@@ -7,7 +7,7 @@ and the decode settings (data.size, data.channels):
 
     shard-ID.bin    the decoded images of one chunk of files, uint8 records one after another
     shard-ID.json   the shard's commit point, written after its .bin: the files it holds (name,
-                    size, mtime), each record's offset, shape and CRC-32, and the files skipped
+                    size, mtime), each record's offset, shape and checksum, and the files skipped
     index.npy       (N, 6) int64, one row per image in name order (store.INDEX_COLUMNS)
     manifest.json   written last: the folder's fingerprint, the shards in order, the names
 
@@ -30,7 +30,6 @@ import os
 import shutil
 import tempfile
 import warnings
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,13 @@ import numpy as np
 from latentspace.data import files
 from latentspace.data.datasets import data_home
 from latentspace.data.imageset import ImageSet
-from latentspace.data.store import DiskRecords, Images, check_crop
+from latentspace.data.store import DiskRecords, Images, check_crop, checksum
 from latentspace.errors import DataError, StorageError
 from latentspace.progress import Progress
 
 __all__ = ["SHARD_FILES", "cache_folder", "cache_root", "folder_cache", "open_folder", "workers"]
 
-FORMAT = 1
+FORMAT = 2  # 2: XXH3 checksums (1: CRC-32)
 SHARD_FILES = 256  # files per shard on average: the unit of parallel work, resume and update
 _SAY_FROM = 500  # images to decode from which a build shows its progress
 _Entry = tuple[str, int, int]  # a file as fingerprinted: relative name, size, mtime in ns
@@ -155,7 +154,7 @@ def _decode_shard(job: tuple[str, str, str, list[_Entry], int | None, int | None
                 wanted = channels or (1 if image.mode in files._GRAY_MODES else 3)
                 pixels = files._pixels(image, wanted, size)
                 stream.write(pixels.tobytes())
-                records.append([name, offset, *pixels.shape, zlib.crc32(pixels.data)])
+                records.append([name, offset, *pixels.shape, checksum(pixels.data)])
                 offset += pixels.size
 
     _atomic(data, write)
@@ -264,7 +263,7 @@ def _remove_strays(directory: Path, kept: set[str]) -> None:
 
 def _load(directory: Path, fingerprint: str) -> tuple[dict[str, Any], np.ndarray] | None:
     """The committed cache, when it is of this folder's files and whole, else None. Sizes are
-    checked here (a truncated shard); each image's CRC-32 when it is read."""
+    checked here (a truncated shard); each image's checksum when it is read."""
     manifest = _read_json(directory / "manifest.json")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return None
