@@ -13,7 +13,7 @@ from latentspace.commands._common import add_override_argument
 from latentspace.config import apply_overrides, load_config
 from latentspace.dashboards import LOGGERS
 from latentspace.errors import ConfigError
-from latentspace.models import DEFAULT_MODEL
+from latentspace.models import DEFAULT_MODEL, MODELS
 from latentspace.runs import atomic_write
 
 __all__ = ["register"]
@@ -90,6 +90,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="database storages: heartbeat seconds",
     )
+    parser.add_argument(
+        "--model",
+        choices=tuple(MODELS),
+        help="the base config's model family (as --set model.name)",
+    )
+    parser.add_argument(
+        "--dataset",
+        help="the base config's dataset (as --set data.dataset): a name, folder or file",
+    )
     add_override_argument(parser, "override a base config setting (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no per-trial lines")
     parser.add_argument(
@@ -148,7 +157,12 @@ def run_tune(args: argparse.Namespace) -> int:
     from latentspace.tune.workers import run_study
 
     base = load_config(args.config) if args.config else default_config(DEFAULT_MODEL)
-    base = apply_overrides(base, args.overrides)
+    shorthand = [
+        f"{key}={value}"
+        for key, value in (("model.name", args.model), ("data.dataset", args.dataset))
+        if value is not None
+    ]
+    base = apply_overrides(base, [*shorthand, *args.overrides])
     space_raw: dict[str, Any] = {}
     space_source = "default space"
     if args.space is not None:

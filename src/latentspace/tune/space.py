@@ -291,6 +291,18 @@ def _flatten(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     return flat
 
 
+def _defaults_for(base: Config) -> dict[str, Any]:
+    """The default space's entries that the base config's family has a setting for: a sentence
+    VAE has no hidden_sizes or activation, so its study searches the rest (a key a space file
+    names is still checked, in one line)."""
+    owners = {"data": base.data, "model": base.model, "train": base.train}
+    return {
+        key: spec
+        for key, spec in DEFAULT_SPACE.items()
+        if key.partition(".")[2] in typing.get_type_hints(type(owners[key.partition(".")[0]]))
+    }
+
+
 def parse_space(raw: Mapping[str, Any], base: Config, source: str = "space") -> Space:
     """Merge `raw` (a parsed space file) into the default space and check it against `base`."""
     raw = dict(raw)
@@ -298,7 +310,7 @@ def parse_space(raw: Mapping[str, Any], base: Config, source: str = "space") -> 
     exclude = raw.pop("exclude", [])
     if not isinstance(replace, bool) or not isinstance(exclude, list):
         raise ConfigError(f'{source}: write replace = true|false and exclude = ["train.lr", ...]')
-    merged: dict[str, Any] = {} if replace else dict(DEFAULT_SPACE)
+    merged: dict[str, Any] = {} if replace else _defaults_for(base)
     for key in exclude:
         _field_type(base, str(key), source)
         merged.pop(str(key), None)
