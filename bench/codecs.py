@@ -51,6 +51,7 @@ __all__ = [
     "main",
     "measure",
     "payload_bytes",
+    "print_points",
     "sweep",
     "write_page",
 ]
@@ -278,9 +279,16 @@ def bytes_at(
     return None
 
 
-def write_page(points: Sequence[Point], path: Path, title: str, targets: Sequence[float]) -> Path:
+def write_page(
+    points: Sequence[Point],
+    path: Path,
+    title: str,
+    targets: Sequence[float],
+    extra: Sequence[tuple[str, str]] = (),
+) -> Path:
     """An HTML page: bytes per image against SSIM for each codec (file bytes solid, payload
-    dashed) and the table of every point."""
+    dashed) and the table of every point; `extra` (heading, HTML) sections go after the
+    plot (bench/journal.py adds its comparisons)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,9 +334,25 @@ def write_page(points: Sequence[Point], path: Path, title: str, targets: Sequenc
     sections = [
         ("Rate and quality", img_tag(png, title)),
         ("File bytes per image at SSIM", table(at, ["codec", *map(str, targets)])),
+        *extra,
         ("Every point", table(rows, header)),
     ]
     return write_html(path, title, sections)
+
+
+def print_points(points: Sequence[Point], log: Callable[[str], None] = print) -> None:
+    """The table of every point: file and payload bytes per image, scores, encode speed."""
+    log(
+        f"{'codec':<12}{'quality':>8}{'file B':>10}{'payload B':>11}{'SSIM':>8}"
+        f"{'MS-SSIM':>9}{'PSNR':>7}{'enc img/s':>11}"
+    )
+    for p in points:
+        multi = "-" if p.ms_ssim is None else f"{p.ms_ssim:.4f}"
+        quality = "-" if p.quality is None else str(p.quality)
+        log(
+            f"{p.codec:<12}{quality:>8}{p.file_bytes:>10.1f}{p.payload_bytes:>11.1f}"
+            f"{p.ssim:>8.4f}{multi:>9}{p.psnr:>7.2f}{p.images / p.encode_s:>11.1f}"
+        )
 
 
 def _fmt(value: float | None) -> str:
@@ -368,17 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = sorted({image.shape[:2] for image in images})
     print(f"{len(images)} images from {args.images}, sizes {sizes[0]}..{sizes[-1]}")
     points = sweep(images, QUICK if args.quick else CODECS)
-    print(
-        f"{'codec':<6}{'quality':>8}{'file B':>10}{'payload B':>11}{'SSIM':>8}"
-        f"{'MS-SSIM':>9}{'PSNR':>7}{'enc img/s':>11}"
-    )
-    for p in points:
-        multi = "-" if p.ms_ssim is None else f"{p.ms_ssim:.4f}"
-        quality = "-" if p.quality is None else str(p.quality)
-        print(
-            f"{p.codec:<6}{quality:>8}{p.file_bytes:>10.1f}{p.payload_bytes:>11.1f}"
-            f"{p.ssim:>8.4f}{multi:>9}{p.psnr:>7.2f}{p.images / p.encode_s:>11.0f}"
-        )
+    print_points(points)
     targets = [float(t) for t in args.targets.split(",")]
     for target in targets:
         parts = [

@@ -9,12 +9,25 @@ the bytes each codec needs at SSIM 0.90 (each curve interpolated), the decoder's
 the test images, compress and decompress images/s (one thread), and how many images decode to
 the same pixels in a new process with two threads.
 
+Photo part (`--photos`, bench/_journal_photos.py): the 6 held-out photos of `photos:test` at
+their native size through a trained photo codec (`--photo-run RUN`) and JPEG / WebP / AVIF / PNG
+(bench/codecs.py): SSIM, MS-SSIM and PSNR, where the curve crosses WebP's, the win or loss at
+SSIM 0.85 / 0.90 / 0.95, the weights spread over the photos, compress / decompress photos/s.
+
+Step part (`--step`, bench/_journal_step.py): ms per training step of the codec now against its
+first implementation and against its networks alone, in one process, on Fashion-MNIST's shape
+and on the photo recipe's crops.
+
     .venv/bin/python bench/journal.py                 # full: trains ~MINUTES, all 10000 images
     .venv/bin/python bench/journal.py --quick         # a few minutes: small run, 500 images
     .venv/bin/python bench/journal.py --run RUN       # measure a trained run
+    .venv/bin/python bench/journal.py --photos --quick          # seconds: a tiny photo codec
+    .venv/bin/python bench/journal.py --photo-run runs/photo-fsq  # a trained photo codec
+    .venv/bin/python bench/journal.py --step --threads 1        # the training step's speed
 
-Training runs are cached under runs/bench-journal-* (ignored by git) and reused when their
-config matches. The colour-photo part (`--photos`) is not written yet: it says so and exits.
+Training the photo codec (60 minutes on 2 cores; the recipe is _journal_photos.PHOTO): see
+docs/journal.md. Training runs are cached under runs/bench-journal-* (ignored by git) and reused
+when their config matches.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,6 +53,8 @@ from latentspace.journal import decode_album, encode_album, open_codec
 from latentspace.runs import committed_epoch, weights_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_HTML = ROOT / "runs" / "bench-journal.html"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its helpers: _journal_*.py
 TARGET_SSIM = 0.90
 # the codec trained by the full bench: a 7x7 map of 3 channels for 28x28 images, four rates
 FULL = [
@@ -260,23 +276,50 @@ def write_html(rows: list[dict[str, float]], path: Path, title: str) -> None:
     print(f"wrote {path}")
 
 
+def step_part(quick: bool, threads: int) -> None:
+    """--step: the codec's training step now against its first implementation (see
+    bench/_journal_step.py), on Fashion-MNIST's shape and on the photo recipe's crops."""
+    from _journal_photos import PHOTO
+    from _journal_step import report
+
+    torch.set_num_threads(threads)
+    print(f"{threads} thread(s)")
+    report("Fashion-MNIST (the full bench's codec)", FULL, (1, 28, 28), 32, quick)
+    crop = next(int(o.split("=")[1]) for o in PHOTO if o.startswith("data.crop="))
+    batch = next(int(o.split("=")[1]) for o in PHOTO if o.startswith("train.batch_size="))
+    report("photos (the photo recipe)", PHOTO, (3, crop, crop), batch, quick)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small run and 500 test images")
     parser.add_argument("--run", type=Path, help="measure this trained run instead of training")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs (full bench)")
-    parser.add_argument("--threads", type=int, default=2, help="training threads")
     parser.add_argument(
-        "--html", type=Path, default=ROOT / "runs" / "bench-journal.html", help="page to write"
+        "--threads", type=int, default=2, help="training threads (photos, --step: measuring too)"
     )
-    parser.add_argument("--photos", action="store_true", help="the colour-photo part (not yet)")
+    parser.add_argument("--html", type=Path, default=DEFAULT_HTML, help="page to write")
+    parser.add_argument("--photos", action="store_true", help="the colour-photo part")
+    parser.add_argument("--photo-run", type=Path, help="a trained photo codec (implies --photos)")
+    parser.add_argument(
+        "--size", type=int, help="photos: centred windows of at most SIZE x SIZE (default native)"
+    )
+    parser.add_argument("--step", action="store_true", help="ms per training step, now vs first")
     args = parser.parse_args()
-    if args.photos:
-        print("the colour-photo part of this bench is not written yet (see docs/journal.md)")
-        sys.exit(2)
-    print(
-        f"load average {__import__('os').getloadavg()[0]:.1f} on {__import__('os').cpu_count()} cores"
-    )
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if args.step:
+        step_part(args.quick, args.threads)
+        return
+    if args.photos or args.photo_run:
+        from _journal_photos import run_photos
+
+        html = (
+            args.html if args.html != DEFAULT_HTML else ROOT / "runs" / "bench-journal-photos.html"
+        )
+        run_photos(
+            args.photo_run, quick=args.quick, size=args.size, threads=args.threads, html=html
+        )
+        return
     n = 500 if args.quick else None
     run = args.run or train_codec(
         2 if args.quick else args.epochs, 4000 if args.quick else None, args.threads
