@@ -61,6 +61,7 @@ FULL = [
     "model.latent_dim=3",
     "model.width=32",
     "model.levels=9",
+    "model.upsample=subpixel",  # named: runs cached before it existed are not reused
     "model.lambdas=0.02,0.008,0.003,0.001",
     "train.lr=0.002",
     "train.batch_size=32",
