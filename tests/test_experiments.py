@@ -22,7 +22,7 @@ from latentspace.experiments import (
 )
 
 
-def test_registry_has_the_seven_experiments() -> None:
+def test_registry_has_the_seven_image_experiments_and_the_text_one() -> None:
     assert list(EXPERIMENTS) == [
         "learning-rate",
         "batch-size",
@@ -31,6 +31,7 @@ def test_registry_has_the_seven_experiments() -> None:
         "capacity",
         "activation",
         "bias",
+        "posterior-collapse",
     ]
 
 

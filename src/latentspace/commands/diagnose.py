@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     experiment.add_argument("name", choices=[*EXPERIMENTS, "all"], help="experiment, or all")
     experiment.add_argument(
-        "--dataset", default="mnist", help="mnist or fashion-mnist (default: mnist)"
+        "--dataset",
+        help="mnist or fashion-mnist (default: mnist); posterior-collapse: a text corpus or .txt "
+        "file (default: fortunes)",
     )
     experiment.add_argument(
         "--budget",
@@ -69,13 +71,18 @@ def run_experiment(args: argparse.Namespace) -> int:
     from latentspace.experiments import DEFAULT_MINUTES, EXPERIMENTS
     from latentspace.progress import command_plan, format_duration, silenced
 
-    count = len(EXPERIMENTS) if args.name == "all" else 1
+    images = [e for e in EXPERIMENTS.values() if e.inputs == "images"]
+    count = len(images) if args.name == "all" else 1
     minutes = args.budget if args.budget is not None else DEFAULT_MINUTES * count
     if not args.quiet:
         print(
             f"experiment {args.name}: {count} experiment{'s' if count > 1 else ''} in about "
-            f"{format_duration(60 * minutes)} (--budget); measuring this machine's training "
-            "speed first (a few seconds)",
+            f"{format_duration(60 * minutes)} (--budget); "
+            + (
+                "measuring this machine's training speed first (a few seconds)"
+                if args.name == "all" or EXPERIMENTS[args.name].inputs == "images"
+                else "one calibration epoch first sizes the trials"
+            ),
             file=sys.stderr,
             flush=True,
         )
@@ -105,4 +112,6 @@ def _run_experiment(args: argparse.Namespace) -> int:
             dashboards=args.log,
         )
         print(f"{result.name}: {result.verdict_text}  ({result.seconds:.0f} s)  {result.page}")
+        for check in result.checks:  # the claim's parts and the numbers that decided them
+            print(f"  {'yes' if check.passed else 'no '}  {check.claim}: {check.evidence}")
     return 0

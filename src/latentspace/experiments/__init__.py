@@ -26,6 +26,7 @@ from latentspace.experiments import (
     capacity,
     epochs,
     learning_rate,
+    posterior_collapse,
     regularization,
 )
 from latentspace.experiments._common import (
@@ -61,8 +62,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         capacity.EXPERIMENT,
         activation.EXPERIMENT,
         bias.EXPERIMENT,
+        posterior_collapse.EXPERIMENT,
     )
 }
+# what each kind of experiment trains on when --dataset is not given
+DEFAULT_DATASETS = {"images": "mnist", "text": "fortunes"}
 DEFAULT_MINUTES = 3.0  # one experiment alone, without --budget
 
 
@@ -89,7 +93,16 @@ def measure_speed(out: Path, dataset: str, seed: int) -> Speed:
     return Speed(compute, step, per_epoch, max(0.0, short - 2 * per_epoch))
 
 
-def _check_dataset(dataset: str) -> None:
+def _check_dataset(dataset: str, inputs: str = "images") -> None:
+    if inputs == "text":
+        from latentspace.data.text import is_text
+
+        if not is_text(dataset):
+            raise ConfigError(
+                f"this experiment trains on sentences: use --dataset fortunes or a .txt file of "
+                f"one sentence a line (got {dataset!r})"
+            )
+        return
     if dataset not in ("mnist", "fashion-mnist"):
         raise ConfigError(
             f"experiments run on 28x28 digit or clothing images: use --dataset mnist or "
@@ -109,18 +122,23 @@ def run_experiment(
     name: str,
     out: str | Path,
     *,
-    dataset: str = "mnist",
+    dataset: str | None = None,
     budget_minutes: float | None = None,
     seed: int = 0,
     speed: Speed | None = None,
     dashboards: Sequence[str] = (),
 ) -> Result:
-    """Run one experiment into OUT/NAME (index.html, PNGs, trials/); `dashboards` names live
-    loggers for every trial (latentspace.dashboards.LOGGERS)."""
+    """Run one experiment into OUT/NAME (index.html, PNGs, trials/) on `dataset` (default: mnist,
+    or fortunes for one that trains on text); `dashboards` names live loggers for every trial
+    (latentspace.dashboards.LOGGERS)."""
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
-    _check_dataset(dataset)
+    inputs = EXPERIMENTS[name].inputs
+    dataset = dataset or DEFAULT_DATASETS[inputs]
+    _check_dataset(dataset, inputs)
     out = Path(out)
+    if inputs != "images":  # the reference speed is an image model's; a text one sizes itself
+        speed = speed or Speed(0.0, 0.0, 0.0, 0.0)
     speed = speed or measure_speed(out, dataset, seed)
     budget = 60 * (budget_minutes if budget_minutes is not None else DEFAULT_MINUTES)
     ctx = Context(out, dataset, budget, seed, speed, dashboards=tuple(dashboards))
@@ -130,23 +148,23 @@ def run_experiment(
 def run_all(
     out: str | Path,
     *,
-    dataset: str = "mnist",
+    dataset: str | None = None,
     budget_minutes: float | None = None,
     seed: int = 0,
     log: bool = True,
     dashboards: Sequence[str] = (),
 ) -> Path:
-    """Every experiment within `budget_minutes` in all; writes OUT/index.html (and the verdicts
+    """Every image experiment within `budget_minutes` in all; writes OUT/index.html (and the verdicts
     as OUT/results.json) and returns the page's path."""
+    dataset = dataset or DEFAULT_DATASETS["images"]
     _check_dataset(dataset)
     out = Path(out)
     start = time.perf_counter()
-    total = 60 * (
-        budget_minutes if budget_minutes is not None else DEFAULT_MINUTES * len(EXPERIMENTS)
-    )
+    # all the image experiments, on one dataset (a text one runs alone, on its corpus)
+    pending = [e for e in EXPERIMENTS.values() if e.inputs == "images"]
+    total = 60 * (budget_minutes if budget_minutes is not None else DEFAULT_MINUTES * len(pending))
     speed = measure_speed(out, dataset, seed)
     results: list[Result] = []
-    pending = list(EXPERIMENTS.values())
     while pending:
         experiment = pending.pop(0)
         left = total - (time.perf_counter() - start)

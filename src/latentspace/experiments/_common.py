@@ -231,6 +231,7 @@ class Experiment:
     claim: str
     run: Callable[[Context], tuple[list[Check], list[tuple[str, str]]]]
     weight: float = 1.0  # share of `experiment all`'s budget
+    inputs: str = "images"  # what it trains on: images (`experiment all`) or text (one by one)
 
 
 def verdict_of(checks: Sequence[Check]) -> bool:
@@ -378,9 +379,15 @@ def write_page(
         (
             "How it was run",
             f"<p class='note'>dataset {html.escape(ctx.dataset)}; seed {ctx.seed}; budget "
-            f"{ctx.budget_s / 60:.1f} min; took {seconds:.0f} s; reference throughput at the "
-            f"start {ctx.samples_per_s:.0f} samples/s (one thread). Every trial is a normal run "
-            f"under trials/ (open one with <code>latentspace diagnose</code>).</p>",
+            f"{ctx.budget_s / 60:.1f} min; took {seconds:.0f} s"
+            + (  # an experiment that sizes itself (on text) measures no reference image model
+                f"; reference throughput at the start {ctx.samples_per_s:.0f} samples/s (one "
+                "thread)"
+                if ctx.speed.compute > 0
+                else ""
+            )
+            + ". Every trial is a normal run under trials/ (open one with <code>latentspace "
+            "diagnose</code>).</p>",
         )
     ]
     return html.write_page(
