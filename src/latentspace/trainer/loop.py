@@ -125,8 +125,25 @@ class Trainer(Checkpointing):
         self.threads = configure_threads(config.train.threads)
         self.model = model.to(self.device)
         self.trained_on = distributed.describe(self.device, config.train.precision)
-        dynamic = config.data.binarize == "dynamic"
         self.generator = torch.Generator().manual_seed(config.train.seed)
+        self._make_batches(train_set, val_set)
+        self.optimizers = model.configure_optimizers()
+        self.schedulers = [_make_scheduler(o, config.train) for o in self.optimizers]
+        self.epoch = 0  # epochs completed
+        self.best_val = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.records: list[dict[str, Any]] = []
+        self.stop_reason = ""
+        # wall seconds of each whole epoch (steps, validation, checkpoint, callbacks) trained by
+        # this process: the time left of the whole run is extrapolated from them
+        self.epoch_walls: list[float] = []
+
+    def _make_batches(self, train_set: ImageSet, val_set: ImageSet | None) -> None:
+        """The training batches (shuffled by self.generator) and the validation batches; under
+        torchrun, this rank's part of each global batch."""
+        config = self.config
+        dynamic = config.data.binarize == "dynamic"
         # the data decides how it is batched: images by data.Batches, text by its own class
         batches = getattr(train_set, "batch_class", Batches)
         # under torchrun each rank takes its part of every global batch (data.Batches)
@@ -154,17 +171,6 @@ class Trainer(Checkpointing):
                 **(shard if self.val_shared else {}),
             )
         )
-        self.optimizers = model.configure_optimizers()
-        self.schedulers = [_make_scheduler(o, config.train) for o in self.optimizers]
-        self.epoch = 0  # epochs completed
-        self.best_val = math.inf
-        self.best_epoch = 0
-        self.bad_epochs = 0
-        self.records: list[dict[str, Any]] = []
-        self.stop_reason = ""
-        # wall seconds of each whole epoch (steps, validation, checkpoint, callbacks) trained by
-        # this process: the time left of the whole run is extrapolated from them
-        self.epoch_walls: list[float] = []
 
     def _place(self, images: torch.Tensor | Images) -> torch.Tensor | Images:
         """Move the whole uint8 dataset to the device once, when it fits comfortably (a folder's
