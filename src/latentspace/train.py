@@ -12,7 +12,7 @@ and writes the run folder and reads the data first; every decision (a stop, a fa
 is rank 0's, told to all.
 
 `Trainer`, `Callback`, `StopTraining` and `average_terms` are defined in `latentspace.trainer`
-and imported from here.
+and re-exported here: `from latentspace.train import Trainer, StopTraining` is the import to use.
 """
 
 from __future__ import annotations
