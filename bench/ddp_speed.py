@@ -14,6 +14,7 @@ share its cores, so a neighbour's load bends the ratio.
 
     .venv/bin/python bench/ddp_speed.py            # full: 5 epochs of each model, 60000 images
     .venv/bin/python bench/ddp_speed.py --quick    # smoke: 1 epoch on 2048 images, float32
+    .venv/bin/python bench/ddp_speed.py --only DCGAN --epochs 3 --limit 12800   # the GAN's ratio
 """
 
 from __future__ import annotations
@@ -84,10 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--only", help="train only the models whose name contains this")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="train on the first N images (samples/s only)"
+    )
     args = parser.parse_args(argv)
     epochs = 1 if args.quick else args.epochs
     common = ["--epochs", str(epochs), "--threads", "1", "--device", "cpu", "--quiet"]
     common += ["--no-report", "--no-diagnostics"]
+    if args.limit and not args.quick:
+        common += ["--set", f"data.limit={args.limit}"]
     if args.quick:  # float32: bf16 is slow on a CPU without bf16 units
         common += ["--set", "data.limit=2048", "--set", "train.precision=fp32"]
     print(f"{epochs} epoch(s) each; 1 process x 1 thread against 2 processes x 1 thread")
