@@ -222,6 +222,22 @@ def test_packed_sentence_nll_equals_the_padded_one_token_by_token(family: str) -
     torch.testing.assert_close(model.sentence_nll(ids, z), expected)
 
 
+def test_the_encoder_has_its_own_width() -> None:
+    """model.encoder_size sets each encoder direction's units (0: the decoder's); the code
+    still comes out (B, latent_dim) and a negative width is a one-line error."""
+    config = MODELS["sentence_vae"].config_class(embedding_dim=8, hidden_size=16, latent_dim=4)
+    ids = torch.randint(4, 30, (3, 7))
+    ids[:, 0], ids[:, -1] = 2, 3
+    for width, expected in ((0, 16), (5, 5)):
+        model = build_model(dataclasses.replace(config, encoder_size=width), (1, 20, 30))
+        assert model.encoder["rnn"].hidden_size == expected
+        assert model.decoder_rnn.hidden_size == 16
+        mu, logvar = model.code_posterior(ids)
+        assert mu.shape == logvar.shape == (3, 4)
+    with pytest.raises(ConfigError, match="model.encoder_size = -1"):
+        dataclasses.replace(config, encoder_size=-1).validate()
+
+
 def test_kl_schedules() -> None:
     config = MODELS["sentence_vae"].config_class(embedding_dim=8, hidden_size=16, kl_steps=10)
     weights = {}
