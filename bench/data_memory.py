@@ -15,6 +15,8 @@ workers for reference). Target: >= 10x.
 
     .venv/bin/python bench/data_memory.py            # 2000 and 16000 images of 96x96
     .venv/bin/python bench/data_memory.py --quick    # 100 and 800 images of 32x32
+    .venv/bin/python bench/data_memory.py --part memory   # the peaks, beside other work
+    .venv/bin/python bench/data_memory.py --part reading  # the speeds, alone on the machine
 """
 
 from __future__ import annotations
@@ -147,6 +149,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 and 800 images of 32x32")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="trainings per folder (median)")
+    parser.add_argument(
+        "--part",
+        choices=("all", "memory", "reading"),
+        default="all",
+        help="memory: the peaks only (not sensitive to other load); reading: the speeds only",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--build", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -159,7 +167,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["LATENTSPACE_CACHE"] = str(Path(tmp) / "cache")
         peaks: dict[str, dict[int, float]] = {"folder": {}, "folder, glibc mmap": {}, "npy": {}}
-        for count in (n, 8 * n):
+        for count in (n, 8 * n) if args.part != "reading" else ():
             folder = Path(tmp) / f"photos-{count}"
             make_folder(folder, count, side, seed=count)
             built = _in_child("--build", str(folder))
@@ -183,12 +191,17 @@ def main() -> None:
                 f"{count} images {side}x{side} ({decoded_mib:.0f} MiB decoded): cache built in "
                 f"{built['seconds']:.1f} s; {epochs} epoch(s) in {trained['seconds']:.1f} s"
             )
-        print("peak RSS (MiB)            1x folder   8x folder   8x / 1x")
-        for what, peak in peaks.items():
-            ratio = peak[8 * n] / peak[n]
-            target = "  (target < 1.10)" if what == "folder" else ""
-            print(f"  {what:<22} {peak[n]:9.0f}   {peak[8 * n]:9.0f}   {ratio:7.3f}{target}")
-        reading_speed(Path(tmp) / f"photos-{8 * n}", batch_size=128)
+        if args.part != "reading":
+            print("peak RSS (MiB)            1x folder   8x folder   8x / 1x")
+            for what, peak in peaks.items():
+                ratio = peak[8 * n] / peak[n]
+                target = "  (target < 1.10)" if what == "folder" else ""
+                print(f"  {what:<22} {peak[n]:9.0f}   {peak[8 * n]:9.0f}   {ratio:7.3f}{target}")
+        if args.part != "memory":
+            folder = Path(tmp) / f"photos-{8 * n}"
+            if not folder.exists():
+                make_folder(folder, 8 * n, side, seed=8 * n)
+            reading_speed(folder, batch_size=128)
 
 
 def resolve_all(folder: Path) -> np.ndarray:
