@@ -10,6 +10,7 @@ Every sentence is HTML-escaped (`html.table` and `html.escape`).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,9 @@ def write_text_report(run: Run, sections: Any, *, quiet: bool = False) -> Path:
 
     def data() -> tuple[torch.Tensor, list[str], str]:
         if "data" not in state:
-            state["data"] = held_out_sentences(run)
+            with warnings.catch_warnings():  # training said it once; the page is not the place
+                warnings.filterwarnings("ignore", message=".* longer than .* tokens")
+                state["data"] = held_out_sentences(run)
         return state["data"]
 
     def losses() -> str:
