@@ -15,19 +15,23 @@ from test_text import sentences
 FLOORED = f"free bits {posterior_collapse.FREE_BITS:g}"
 
 
-def _record(kl: float, active: int) -> dict[str, float]:
-    return {"kl": kl, "active_units": active, "latent_dim": 16, "mutual_information": 0.1}
+def _record(kl: float, active: int, information: float = 0.0) -> dict[str, float]:
+    return {"kl": kl, "active_units": active, "latent_dim": 16, "mutual_information": information}
 
 
 def test_the_verdict_follows_the_numbers() -> None:
-    collapsed, used = _record(0.05, 0), _record(8.2, 12)
+    collapsed, used = _record(0.05, 0), _record(8.2, 12, 2.5)
     assert verdict_of(posterior_collapse.checks_for({"plain ELBO": collapsed, FLOORED: used}))
     # the plain ELBO kept its code: the first part fails
     checks = posterior_collapse.checks_for({"plain ELBO": used, FLOORED: used})
     assert not checks[0].passed and not verdict_of(checks)
     # free bits did not save the code (1 of 16 units, at most 10%: collapsed)
-    checks = posterior_collapse.checks_for({"plain ELBO": collapsed, FLOORED: _record(3.0, 1)})
+    checks = posterior_collapse.checks_for({"plain ELBO": collapsed, FLOORED: _record(3.0, 1, 2.5)})
     assert checks[0].passed and not checks[1].passed
+    # more units vary but the code carries no more information than without free bits
+    same_information = {**used, "mutual_information": collapsed["mutual_information"]}
+    checks = posterior_collapse.checks_for({"plain ELBO": collapsed, FLOORED: same_information})
+    assert not checks[1].passed
     assert "KL 0.05 nats, 0/16 active units" in checks[0].evidence
 
 
