@@ -162,7 +162,7 @@ def write_text_report(run: Run, sections: Any, *, quiet: bool = False) -> Path:
         points, axes = code_map(codes)
         note = f"The codes of {len(codes)} sentences of {source} ({axes[0]}, {axes[1]})"
         return f'<p class="note">{escape(note)}; hover over a point to read its sentence.</p>' + (
-            svg_scatter(points, model.to_text(ids), axes)
+            svg_scatter(points, data()[1][: len(ids)], axes)  # the sentences as written
         )
 
     def evaluation() -> tuple[dict[str, Any], str]:
