@@ -28,7 +28,13 @@ from latentspace.journal import FORMAT_VERSION, AlbumError, decode_album, encode
 from latentspace.journal.coding import SymbolCoder
 from latentspace.journal.container import MAGIC, Album, Entry, pack, unpack
 from latentspace.models import MODELS
-from latentspace.models.entropy import PRECISION, ChannelContextPrior, integer_frequencies
+from latentspace.models.entropy import (
+    PRECISION,
+    SATURATION,
+    ChannelContextPrior,
+    StepQuantiser,
+    integer_frequencies,
+)
 from latentspace.models.spatial import FACTORS, UPSAMPLES, SpatialDecoder
 from latentspace.runs import WEIGHTS, weights_sha256
 
@@ -150,6 +156,22 @@ def test_both_decoders_give_the_images_size_and_subpixel_never_works_at_full_siz
         assert (max(full) == 3) == (upsample == "subpixel"), full
     with pytest.raises(ConfigError, match="upsample"):
         ls.apply_overrides(ls.default_config(CODEC), ["model.upsample=bilinear"])
+
+
+def test_the_overshoot_pulls_only_saturated_codes_back() -> None:
+    """Regression (photo crops, lr 3e-4..2e-3): the encoder's output ran to std 30-4000 with
+    every symbol at an end. The overshoot is 0 while |gain y| <= SATURATION, (|gain y| - S)^2
+    beyond it, and its gradient points back towards the range."""
+    quantiser = StepQuantiser(qualities=2, channels=2, levels=9)
+    gain = float(quantiser.log_gain.detach().exp()[0])
+    inside = torch.full((1, 2, 2, 2), 0.9 * SATURATION / gain)
+    assert quantiser.overshoot(inside).tolist() == [0.0]
+    y = torch.tensor([[[[2.0]], [[-2.0]]]]) * SATURATION / gain
+    y.requires_grad_()
+    penalty = quantiser.overshoot(y)
+    assert penalty.item() == pytest.approx(2 * SATURATION**2, rel=1e-5)
+    penalty.sum().backward()
+    assert y.grad is not None and y.grad[0, 0].item() > 0 > y.grad[0, 1].item()
 
 
 def test_integer_tables_are_positive_and_sum_to_the_precision() -> None:

@@ -202,11 +202,13 @@ class FSQ(GenerativeModel):
 
     def loss(self, x: torch.Tensor) -> FSQLoss:
         quality = self._qualities(len(x))
-        z, coordinate, symbols = self.quantiser(self._analyse(x), quality)
+        y = self._analyse(x)
+        z, coordinate, symbols = self.quantiser(y, quality)
         x_hat = torch.sigmoid(self._synthesise(z, (x.shape[2], x.shape[3])))
         distortion = self._distortion(x_hat.float(), x)
         rate = self.prior.rate(coordinate.float(), symbols, quality)
-        total = distortion + self.lambdas[quality] * rate
+        # + the quantiser's overshoot: 0 unless the code saturates tanh (StepQuantiser.overshoot)
+        total = distortion + self.lambdas[quality] * rate + self.quantiser.overshoot(y.float())
         return FSQLoss(distortion.mean(), rate.mean(), total.mean())
 
     def _distortion(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
