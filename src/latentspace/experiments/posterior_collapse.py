@@ -11,6 +11,7 @@ units (the rule the training diagnostics use), mutual information, and the NLL b
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 import warnings
@@ -18,6 +19,7 @@ from typing import Any
 
 from latentspace import html
 from latentspace.analysis.text_evaluate import evaluate_text, is_collapsed
+from latentspace.errors import ConfigError
 from latentspace.experiments._common import (
     Check,
     Context,
@@ -43,13 +45,25 @@ TRIALS = {
 }
 
 
+def _family() -> str:
+    """The registered family this experiment trains, by what it declares (no family is named
+    outside models/): one that reads text and has a code and free bits."""
+    from latentspace.models import MODELS
+
+    for name, family in MODELS.items():
+        settings = {field.name for field in dataclasses.fields(family.config_class)}
+        if family.inputs == "text" and {"latent_dim", "free_bits"} <= settings:
+            return name
+    raise ConfigError("no registered model family reads text with a code and free bits")
+
+
 def _config(ctx: Context, epochs: int, changes: dict[str, Any]) -> Any:
     """The held-constant setup: the sentence VAE at MODEL's size, no word dropout, no KL
     annealing (beta 1 from the first step), Adam 1e-3, batch 32, one thread."""
     import latentspace as ls
 
     return ls.default_config(
-        "sentence_vae",
+        _family(),
         dataset=ctx.dataset,
         epochs=max(1, epochs),
         device="cpu",
