@@ -114,6 +114,7 @@ def journal_points(
     """codecs.Point per quality level of the run (bytes from the album itself) and the speed of
     compress and decompress at each, on `threads` threads."""
     torch.set_num_threads(threads)
+    run = Path(run)
     _, model = open_codec(run)
     if int(model.image_shape[0]) != 3:
         raise SystemExit(f"{run} codes {model.image_shape[0]}-channel images; train it on photos")

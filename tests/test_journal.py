@@ -27,7 +27,7 @@ from latentspace.errors import ConfigError
 from latentspace.journal import FORMAT_VERSION, AlbumError, decode_album, encode_album
 from latentspace.journal.coding import SymbolCoder
 from latentspace.journal.container import MAGIC, Album, Entry, pack, unpack
-from latentspace.models import MODELS
+from latentspace.models import MODELS, build_model
 from latentspace.models.entropy import (
     PRECISION,
     SATURATION,
@@ -35,6 +35,7 @@ from latentspace.models.entropy import (
     StepQuantiser,
     integer_frequencies,
 )
+from latentspace.models.fsq import PRIOR_LR_FACTOR
 from latentspace.models.spatial import FACTORS, UPSAMPLES, SpatialDecoder
 from latentspace.runs import WEIGHTS, weights_sha256
 
@@ -172,6 +173,18 @@ def test_the_overshoot_pulls_only_saturated_codes_back() -> None:
     assert penalty.item() == pytest.approx(2 * SATURATION**2, rel=1e-5)
     penalty.sum().backward()
     assert y.grad is not None and y.grad[0, 0].item() > 0 > y.grad[0, 1].item()
+
+
+def test_the_entropy_model_learns_faster_than_the_networks() -> None:
+    """Every parameter is optimised once; the prior's logits at PRIOR_LR_FACTOR x train.lr."""
+    config = ls.apply_overrides(ls.default_config(CODEC, device="cpu"), ["train.lr=0.002"])
+    model = build_model(config.model, (3, 16, 16), config.train)
+    (optimizer,) = model.configure_optimizers()
+    groups = optimizer.param_groups
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    prior = next(g for g in groups if any(p is model.prior.logits for p in g["params"]))
+    assert prior["lr"] == pytest.approx(0.002 * PRIOR_LR_FACTOR)
+    assert all(g["lr"] == pytest.approx(0.002) for g in groups if g is not prior)
 
 
 def test_integer_tables_are_positive_and_sum_to_the_precision() -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from latentspace.errors import ConfigError, DataError
-from latentspace.models.base import GenerativeModel
+from latentspace.models.base import GenerativeModel, make_optimizer
 from latentspace.models.entropy import ChannelContextPrior, StepQuantiser
 from latentspace.models.layers import NetworkConfig
 from latentspace.models.likelihood import ms_ssim, ssim
@@ -40,6 +40,9 @@ from latentspace.settings import TrainConfig
 __all__ = ["FSQ", "FSQConfig", "FSQLoss"]
 
 DISTORTIONS = ("mse", "ssim", "ms-ssim")
+PRIOR_LR_FACTOR = (
+    10.0  # the entropy model's learning rate over the networks' (configure_optimizers)
+)
 MAX_SIDE = 8192  # the largest image side `to_symbols` takes (memory, and the album's limit)
 
 
@@ -219,6 +222,19 @@ class FSQ(GenerativeModel):
         return (1 - score) * x[0].numel()
 
     # ---- training ------------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """One optimizer; the entropy model's logits learn PRIOR_LR_FACTOR times faster than
+        the networks. Why: they start uniform and must move several nats, at most ~lr per Adam
+        step; on photos (two steps an epoch) the rate stayed near log2(levels) bits a symbol
+        for hundreds of steps, and a near-uniform prior gives the encoder no reason to prefer
+        cheap symbols, so every quality level coded alike."""
+        prior = list(self.prior.parameters())
+        mine = {id(p) for p in prior}
+        networks = [p for p in self.parameters() if id(p) not in mine]
+        optimizer = make_optimizer(networks, self.train_config)
+        optimizer.add_param_group({"params": prior, "lr": self.train_config.lr * PRIOR_LR_FACTOR})
+        return [optimizer]
+
     def training_step(
         self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer]
     ) -> dict[str, torch.Tensor]:
