@@ -154,6 +154,35 @@ def test_stop_training_from_a_callback(tmp_path: Path, tiny_config: Config) -> N
     assert [r["epoch"] for r in run.metrics] == [1]
 
 
+def test_time_limit_skips_an_epoch_that_would_not_fit(tmp_path: Path, tiny_config: Config) -> None:
+    config = apply_overrides(tiny_config, ["train.epochs=5", "train.max_minutes=1"])
+    train_set, val_set = prepare_data(config)
+    model = build_model(config.model, train_set.image_shape, config.train)
+    trainer = Trainer(model, train_set, val_set, config, tmp_path / "t", quiet=True)
+    trainer.epoch, trainer.epoch_walls = 2, [20.0, 25.0]
+    trainer.fit_started -= 30  # 30 s spent: the slowest epoch (25 s) still ends within 60 s
+    assert trainer._time_is_up() == ""
+    trainer.fit_started -= 10  # 40 s spent: it would end at 65 s
+    assert "time limit: 0.7 of 1 minutes spent" in trainer._time_is_up()
+    trainer.epoch = 5  # nothing left to skip
+    assert trainer._time_is_up() == ""
+
+
+def test_time_limit_stops_a_run_that_resume_continues(
+    tmp_path: Path, tiny_config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from latentspace.cli import main
+
+    config = apply_overrides(tiny_config, ["train.epochs=3", "train.max_minutes=1e-9"])
+    run = ls.train(config, tmp_path / "t", report=False, diagnostics=False)
+    assert [r["epoch"] for r in run.metrics if r.get("kind") == "epoch"] == [1]
+    assert "time limit" in capsys.readouterr().out
+    argv = ["train", "--resume", str(tmp_path / "t"), "--max-minutes", "0", "--quiet"]
+    assert main([*argv, "--no-report", "--no-diagnostics"]) == 0
+    epochs = [r["epoch"] for r in ls.open_run(tmp_path / "t").metrics if r.get("kind") == "epoch"]
+    assert epochs == [1, 2, 3]
+
+
 def test_ae_generates_from_its_fitted_prior(tmp_path: Path, tiny_config: Config) -> None:
     config = apply_overrides(tiny_config, ["model.name=ae"])
     run = ls.train(config, tmp_path / "ae", quiet=True, report=False)

@@ -84,6 +84,10 @@ class TrainConfig:
     min_lr: float = 0.0  # cosine schedule: final learning rate
     grad_clip: float = 0.0  # clip the global gradient norm to this value; 0 = off
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
+    # stop at the end of the epoch after which the next one, at the pace of this process's
+    # epochs, would end past this many minutes of training; 0 = off. Per process, not per run:
+    # --resume continues a run stopped by it, for as long again
+    max_minutes: float = 0.0
     min_delta: float = 0.0  # an improvement must beat the best validation loss by this much
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = latentspace's measured default
@@ -237,6 +241,7 @@ def validate_settings(data: DataConfig, train: TrainConfig) -> None:
         "train.weight_decay": t.weight_decay,
         "train.grad_clip": t.grad_clip,
         "train.patience": t.patience,
+        "train.max_minutes": t.max_minutes,
         "train.threads": t.threads,
     }.items():
         if value < 0:

@@ -56,7 +56,8 @@ def train(
     registered in an importable module: config.json records the import path in model.encoder /
     model.decoder, and a run is loaded again by building them from it, never from pickled code.
     resume=True continues the run in `out` from its last completed epoch (its own config is used,
-    with `config.train.epochs` as the new target; its networks are built from that config).
+    with `config.train.epochs` as the new target and `config.train.max_minutes` as its time limit;
+    its networks are built from that config).
     diagnostics=True adds the sampled gradient and activation measurements of
     `latentspace.diagnostics` (diagnostics.jsonl, plain warnings)."""
     networks = {k: v for k, v in (("encoder", encoder), ("decoder", decoder)) if v is not None}
@@ -126,8 +127,12 @@ def _prepare(
     """The trainer of a new run (config.json written), or of a resumed one at its last commit."""
     if resume:
         saved, image_shape, _ = runs.read_run_config(run_dir)
+        given = config.train  # a resume may change the epochs and the time limit, nothing else
         config = dataclasses.replace(
-            saved, train=dataclasses.replace(saved.train, epochs=config.train.epochs)
+            saved,
+            train=dataclasses.replace(
+                saved.train, epochs=given.epochs, max_minutes=given.max_minutes
+            ),
         )
     torch.manual_seed(config.train.seed)
     # rank 0 reads the dataset first (a folder's cache is then built once), then the others

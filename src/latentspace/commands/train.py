@@ -30,6 +30,10 @@ FLAGS: dict[str, tuple[str, str]] = {
         "dataset name (`latentspace data list`), image folder, or .npy/.npz",
     ),
     "epochs": ("train.epochs", "passes over the training images"),
+    "max_minutes": (
+        "train.max_minutes",
+        "stop after the last epoch that fits in this many minutes (0: no limit); --resume goes on",
+    ),
     "batch_size": ("train.batch_size", "images per optimisation step"),
     "lr": ("train.lr", "learning rate"),
     "latent_dim": ("model.latent_dim", "dimensions of the code"),
@@ -184,17 +188,19 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.out is not None and args.out != args.resume:
             raise ConfigError("--resume continues a run in place: leave out --out")
-        changed = [f for f in FLAGS if f != "epochs" and getattr(args, f, None) is not None]
+        kept = ("epochs", "max_minutes")
+        changed = [f for f in FLAGS if f not in kept and getattr(args, f, None) is not None]
         if changed or args.overrides or args.config:
             raise ConfigError(
-                f"--resume keeps the run's settings; only --epochs may change "
+                f"--resume keeps the run's settings; only --epochs and --max-minutes may change "
                 f"(got --{(changed or ['set'])[0].replace('_', '-')})"
             )
         from latentspace.runs import read_run_config
 
         saved, _, _ = read_run_config(args.resume)
         epochs = args.epochs if args.epochs is not None else saved.train.epochs
-        config = apply_overrides(saved, [f"train.epochs={epochs}"])
+        minutes = args.max_minutes if args.max_minutes is not None else saved.train.max_minutes
+        config = apply_overrides(saved, [f"train.epochs={epochs}", f"train.max_minutes={minutes}"])
         _train_logged(
             args,
             config,

@@ -135,6 +135,8 @@ class Trainer(Checkpointing):
         self.bad_epochs = 0
         self.records: list[dict[str, Any]] = []
         self.stop_reason = ""
+        self.out_of_time = ""  # train.max_minutes: see _time_is_up
+        self.fit_started = time.perf_counter()
         # wall seconds of each whole epoch (steps, validation, checkpoint, callbacks) trained by
         # this process: the time left of the whole run is extrapolated from them
         self.epoch_walls: list[float] = []
@@ -200,7 +202,8 @@ class Trainer(Checkpointing):
                     else self.device.type
                 )
             )
-        while self.epoch < epochs and not self.stop_reason:
+        self.fit_started = time.perf_counter()
+        while self.epoch < epochs and not self.stop_reason and not self.out_of_time:
             started = time.perf_counter()
             record = self._run_epoch()
             warnings = self.model.epoch_warnings(record)
@@ -210,12 +213,33 @@ class Trainer(Checkpointing):
             distributed.agree(
                 functools.partial(self._commit, record, started), f"saved epoch {self.epoch}"
             )
-            # rank 0's decision (early stopping, a callback's StopTraining) is every rank's
-            stop = distributed.broadcast_flag(1 if self.stop_reason else 0)
+            self.out_of_time = self._time_is_up()
+            # rank 0's decision (early stopping, a callback's StopTraining, the time limit) is
+            # every rank's
+            stop = distributed.broadcast_flag(
+                2 if self.out_of_time else int(bool(self.stop_reason))
+            )
             if self.rank != 0:
-                self.stop_reason = (self.stop_reason or "stopped by rank 0") if stop else ""
+                self.out_of_time = "time limit (rank 0's)" if stop == 2 else ""
+                self.stop_reason = (self.stop_reason or "stopped by rank 0") if stop == 1 else ""
         self._finish()
         return self.records
+
+    def _time_is_up(self) -> str:
+        """train.max_minutes: why no further epoch starts, or "" when the next one fits (at the
+        pace of the slowest epoch so far in this process). Not a stop_reason: that is saved
+        with the run and ends a resumed one, while --resume must go on after a time limit."""
+        limit = self.train_config.max_minutes * 60
+        spent = time.perf_counter() - self.fit_started
+        if not limit or self.epoch >= self.train_config.epochs:
+            return ""
+        if spent + max(self.epoch_walls, default=0.0) <= limit:
+            return ""
+        return (
+            f"time limit: {spent / 60:.1f} of {limit / 60:g} minutes spent, and an epoch takes "
+            f"{max(self.epoch_walls) / 60:.1f}; stopped after epoch {self.epoch} of "
+            f"{self.train_config.epochs} (--resume {self.run_dir} goes on)"
+        )
 
     def _save_start(self) -> None:
         if not (self.run_dir / runs.STATE).exists():
@@ -379,8 +403,8 @@ class Trainer(Checkpointing):
             self.log(f"  warning: {warning}")
 
     def _finish(self) -> None:
-        if self.stop_reason and not self.quiet:
-            self.log(self.stop_reason)
+        if (self.stop_reason or self.out_of_time) and not self.quiet:
+            self.log(self.stop_reason or self.out_of_time)
         plain = type(self.train_batches)(
             self.train_batches.images, self.train_config.batch_size, device=self.device
         )
