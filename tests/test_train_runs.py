@@ -162,6 +162,7 @@ def test_time_limit_skips_an_epoch_that_would_not_fit(tmp_path: Path, tiny_confi
     trainer.epoch, trainer.epoch_walls = 2, [20.0, 25.0]
     trainer.fit_started -= 30  # 30 s spent: the slowest epoch (25 s) still ends within 60 s
     assert trainer._time_is_up() == ""
+    assert 29 < trainer.run_seconds_left() <= 30  # the limit's, not 3 more epochs' (~67 s)
     trainer.fit_started -= 10  # 40 s spent: it would end at 65 s
     assert "time limit: 0.7 of 1 minutes spent" in trainer._time_is_up()
     trainer.epoch = 5  # nothing left to skip

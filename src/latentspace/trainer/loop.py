@@ -390,10 +390,15 @@ class Trainer(Checkpointing):
 
     def run_seconds_left(self, in_epoch: float = 0.0, fraction: float = 0.0) -> float:
         """Seconds until train.epochs, at the pace of this process's epochs: `in_epoch` seconds
-        spent on the `fraction` of the epoch under way (early stopping may end it sooner)."""
-        return seconds_left(
+        spent on the `fraction` of the epoch under way (early stopping may end it sooner), and
+        never past train.max_minutes."""
+        left = seconds_left(
             self.epoch_walls, self.epoch, self.train_config.epochs, in_epoch, fraction
         )
+        if self.train_config.max_minutes:
+            limit = self.train_config.max_minutes * 60
+            left = min(left, max(limit - (time.perf_counter() - self.fit_started), 0.0))
+        return left
 
     def _report(self, record: dict[str, Any]) -> None:
         if self.quiet:
