@@ -34,19 +34,21 @@ from latentspace.runs import WEIGHTS, committed_epoch, weights_sha256
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (0.85, 0.90, 0.95)
 OURS = "latentspace"
-# the recipe the lead trains for 60 minutes on 2 cores (docs/journal.md; bench/journal.py's
-# docstring has the command): an 8x smaller code map of 8 channels, four rates
+# the photo recipe (docs/journal.md, "Photos", has the command and why): 128x128 crops, a code
+# map at 1/8 of the side with 8 channels, 32 channels inside, four rates, squared error
 PHOTO = [
     "data.crop=128",
     "data.flip=true",
-    "data.val_fraction=0.1",
+    "data.val_fraction=0",
     "model.factor=8",
     "model.latent_dim=8",
-    "model.width=64",
+    "model.width=32",
     "model.levels=9",
-    "model.lambdas=0.1,0.04,0.015,0.006",
-    "train.batch_size=8",
-    "train.lr=0.001",
+    "model.lambdas=0.1,0.03,0.01,0.003",
+    "train.batch_size=9",
+    "train.lr=0.002",
+    "train.schedule=cosine",
+    "train.min_lr=0.0001",
 ]
 # seconds of training, only to prove the bench runs: a tiny model, a few epochs of small crops
 QUICK = [
