@@ -141,7 +141,7 @@ def test_image_folder_input(tmp_path: Path) -> None:
         ),
         (["train", "--dataset", "nope.npy", "--out", "OUT"], "not found"),
         (["train", "--dataset", "DATA"], "--out runs/NAME"),
-        (["train", "--resume", "OUT", "--lr", "0.1"], "only --epochs may change"),
+        (["train", "--resume", "OUT", "--lr", "0.1"], "only --epochs and --max-minutes may change"),
         (["info", "OUT"], "run directory"),
         (["generate", "OUT", "--out", "x.png"], "not found"),
         (
