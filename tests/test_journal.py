@@ -5,6 +5,7 @@ exit, with every undamaged image still written."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import shutil
@@ -157,6 +158,25 @@ def test_both_decoders_give_the_images_size_and_subpixel_never_works_at_full_siz
         assert (max(full) == 3) == (upsample == "subpixel"), full
     with pytest.raises(ConfigError, match="upsample"):
         ls.apply_overrides(ls.default_config(CODEC), ["model.upsample=bilinear"])
+
+
+def test_a_run_saved_before_upsample_existed_loads_with_the_decoder_it_trained(
+    tmp_path: Path,
+) -> None:
+    np.savez(tmp_path / "tiny.npz", images=make_images(16, size=16))
+    config = ls.default_config(CODEC, dataset=str(tmp_path / "tiny.npz"), epochs=1, device="cpu")
+    config = ls.apply_overrides(config, ["model.width=8", "model.upsample=transposed"])
+    run = ls.train(config, tmp_path / "run", quiet=True, report=False, diagnostics=False)
+    path = tmp_path / "run" / "config.json"
+    document = json.loads(path.read_text())
+    del document["config"]["model"]["upsample"]  # as written before the setting existed
+    path.write_text(json.dumps(document))
+    loaded = ls.open_run(tmp_path / "run")
+    assert loaded.config.model.upsample == "transposed"
+    for (name, value), saved in zip(
+        loaded.model.state_dict().items(), run.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(value, saved), name
 
 
 def test_the_overshoot_pulls_only_saturated_codes_back() -> None:

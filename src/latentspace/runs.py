@@ -35,7 +35,7 @@ import torch
 from latentspace._version import __version__
 from latentspace.config import Config, config_from_dict, config_to_dict
 from latentspace.errors import LatentspaceError, RunError
-from latentspace.models import GenerativeModel, build_model
+from latentspace.models import DEFAULT_MODEL, MODELS, GenerativeModel, build_model
 from latentspace.run_files import (
     CONFIG,
     LOCK,
@@ -318,6 +318,7 @@ def _read_config(run_dir: Path) -> tuple[Config, tuple[int, int, int], dict[str,
     if isinstance(data, dict) and "test_fraction" not in data:
         # a run made before folders had a test split: keep the validation split it trained with
         sections = {**sections, "data": {**data, "test_fraction": 0.0, "split_by_name": False}}
+    sections = _settings_saved_before(sections)
     try:
         config = config_from_dict(sections, source=str(path))
     except (LatentspaceError, TypeError, AttributeError) as error:
@@ -460,6 +461,18 @@ def weights_epoch(run_dir: Path) -> int | None:
         return _read_weights(run_dir / WEIGHTS)[1]
     except RunError:
         return None
+
+
+def _settings_saved_before(sections: dict[str, Any]) -> dict[str, Any]:
+    """A family's settings added after a run was saved take the value that run trained with
+    (its config class's SAVED_BEFORE), not today's default: the weights were made by that."""
+    model = sections.get("model")
+    family = MODELS.get(str(model.get("name", DEFAULT_MODEL))) if isinstance(model, dict) else None
+    if family is None or not isinstance(model, dict):
+        return sections
+    saved_before = getattr(family.config_class, "SAVED_BEFORE", {})
+    missing = {key: value for key, value in saved_before.items() if key not in model}
+    return {**sections, "model": {**model, **missing}} if missing else sections
 
 
 def read_run_config(run_dir: str | Path) -> tuple[Config, tuple[int, int, int], dict[str, Any]]:

@@ -16,7 +16,7 @@ code is a vector of `latent_dim` symbols (a 1x1 map) for images of the trained s
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -40,14 +40,17 @@ from latentspace.settings import TrainConfig
 __all__ = ["FSQ", "FSQConfig", "FSQLoss"]
 
 DISTORTIONS = ("mse", "ssim", "ms-ssim")
-PRIOR_LR_FACTOR = (
-    10.0  # the entropy model's learning rate over the networks' (configure_optimizers)
-)
+# the entropy model's learning rate over the networks' (configure_optimizers)
+PRIOR_LR_FACTOR = 10.0
 MAX_SIDE = 8192  # the largest image side `to_symbols` takes (memory, and the album's limit)
 
 
 @dataclasses.dataclass(frozen=True)
 class FSQConfig(NetworkConfig):
+    # settings added after runs were saved, with the value such a run trained with (runs.py
+    # fills them in when a saved config.json lacks them, so older runs still load)
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"upsample": "transposed"}
+
     name: str = "fsq"
     latent_dim: int = 4  # spatial: channels of the code map; otherwise: symbols per image
     architecture: str = "spatial"  # spatial (any image size) | mlp | conv
