@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,6 +111,19 @@ class Speed:
     decompress_per_s: float
 
 
+def round_trip(
+    model: Any, tensors: Sequence[torch.Tensor], quality: int, weights: str
+) -> tuple[bytes, Any, float, float]:
+    """The album of `tensors` at `quality`, decoded again: (album, decoded, seconds to compress,
+    seconds to decompress). Both halves of the bench measure through this."""
+    started = time.perf_counter()
+    album = encode_album(model, tensors, quality, weights=weights)
+    compress_s = time.perf_counter() - started
+    started = time.perf_counter()
+    decoded = decode_album(album, model, weights=weights, name="bench")
+    return album, decoded, compress_s, time.perf_counter() - started
+
+
 def journal_points(
     codecs: ModuleType, run: Path, images: Sequence[np.ndarray], threads: int
 ) -> tuple[list[object], dict[int, Speed]]:
@@ -124,12 +138,7 @@ def journal_points(
     tensors = [torch.from_numpy(np.ascontiguousarray(i.transpose(2, 0, 1))) for i in images]
     points, speeds = [], {}
     for quality in range(1, model.quality_levels + 1):
-        started = time.perf_counter()
-        album = encode_album(model, tensors, quality, weights=weights)
-        compress_s = time.perf_counter() - started
-        started = time.perf_counter()
-        decoded = decode_album(album, model, weights=weights, name="bench")
-        decompress_s = time.perf_counter() - started
+        album, decoded, compress_s, decompress_s = round_trip(model, tensors, quality, weights)
         if decoded.problems:
             raise SystemExit(f"the album did not decode: {decoded.problems}")
         pixels = [i.transpose(1, 2, 0) for i in decoded.images if i is not None]

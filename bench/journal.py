@@ -49,7 +49,7 @@ import torch
 from PIL import Image
 
 import latentspace as ls
-from latentspace.journal import decode_album, encode_album, open_codec
+from latentspace.journal import decode_album, open_codec
 from latentspace.runs import committed_epoch, weights_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,18 +172,15 @@ def bytes_at(rows: list[dict[str, float]], target: float) -> float | None:
 # ---- the journal ----------------------------------------------------------------------------------
 def journal_curve(run: Path, images: np.ndarray) -> tuple[list[dict[str, float]], bytes]:
     """Rows per quality level (timed on one thread) and the highest quality's album bytes."""
+    from _journal_photos import round_trip
+
     torch.set_num_threads(1)
     _, model = open_codec(run)
     weights = weights_sha256(run)
     tensors = [torch.from_numpy(i[None]) for i in images]
     rows, album = [], b""
     for quality in range(1, model.quality_levels + 1):
-        started = time.perf_counter()
-        album = encode_album(model, tensors, quality, weights=weights)
-        compress_s = time.perf_counter() - started
-        started = time.perf_counter()
-        decoded = decode_album(album, model, weights=weights, name="bench")
-        decompress_s = time.perf_counter() - started
+        album, decoded, compress_s, decompress_s = round_trip(model, tensors, quality, weights)
         pixels = np.stack([i[0] for i in decoded.images if i is not None])
         ssim, psnr = ssim_psnr(images, pixels)
         payload = sum(len(e.payload) for e in decoded.album.entries)

@@ -99,6 +99,17 @@ def _metrics_table(record: dict[str, Any]) -> str:
     return table(rows, ["metric", "value"])
 
 
+def _make_all(
+    sections: _Sections, planned: list[tuple[str, Callable[[], str]]], folder: Path, quiet: bool
+) -> None:
+    """Each planned section in turn (a failure is kept as its reason), with one progress bar."""
+    with Progress(f"report {folder}", len(planned), quiet=quiet) as progress:
+        for heading, make in planned:
+            progress.phase(heading.lower())
+            sections.add(heading, make)
+            progress.advance()
+
+
 def _config_table(run: Run) -> str:
     from latentspace.config import config_to_dict
 
@@ -287,11 +298,7 @@ def write_report(run_dir: str | Path, *, device: str = "cpu", quiet: bool = Fals
         ("Metrics", metrics),
         ("Configuration", lambda: _config_table(run)),
     ]
-    with Progress(f"report {folder}", len(planned), quiet=quiet) as progress:
-        for heading, make in planned:
-            progress.phase(heading.lower())
-            sections.add(heading, make)
-            progress.advance()
+    _make_all(sections, planned, folder, quiet)
     summary = (
         f"<p>{escape(model.name)} on {escape(run.config.data.dataset)}, images "
         f"{'x'.join(map(str, run.image_shape))}, latent_dim {model.latent_dim}, "

@@ -21,7 +21,6 @@ from latentspace.analysis.figures import _scatter, kl_figure, loss_figure
 from latentspace.analysis.text_evaluate import collapse_verdict, evaluate_text, is_collapsed
 from latentspace.data.text import text_held_out
 from latentspace.html import escape, table, write_page
-from latentspace.progress import Progress
 from latentspace.runs import Run
 
 __all__ = ["code_map", "held_out_sentences", "svg_scatter", "write_map", "write_text_report"]
@@ -85,7 +84,13 @@ def svg_scatter(
 def write_text_report(run: Run, sections: Any, *, quiet: bool = False) -> Path:
     """Write the run's report.html (see the module docstring) through the image report's
     `_Sections` (a part that fails becomes a sentence saying why); returns the page."""
-    from latentspace.analysis.report import REPORT, _config_table, _diagnostics_html, _epochs
+    from latentspace.analysis.report import (
+        REPORT,
+        _config_table,
+        _diagnostics_html,
+        _epochs,
+        _make_all,
+    )
 
     model: Any = run.model  # its text interface: encode takes sentences, decode returns them
     folder = sections.folder
@@ -214,11 +219,7 @@ def write_text_report(run: Run, sections: Any, *, quiet: bool = False) -> Path:
         ("Posterior collapse", collapse),
         ("Configuration", lambda: _config_table(run)),
     ]
-    with Progress(f"report {folder}", len(planned), quiet=quiet) as progress:
-        for heading, make in planned:
-            progress.phase(heading.lower())
-            sections.add(heading, make)
-            progress.advance()
+    _make_all(sections, planned, folder, quiet)
     summary = (
         f"<p>{escape(model.name)} on {escape(run.config.data.dataset)}, sentences, latent_dim "
         f"{model.latent_dim}, {_epochs(run)} epochs.</p>"
