@@ -314,3 +314,17 @@ def test_a_folder_run_from_before_test_splits_keeps_its_validation_split(tmp_pat
     held = held_out(config)
     assert held.split == "val"
     assert held.images is not None and held.images.names == old_val.names
+
+
+def test_images_index_like_the_tensor_they_stand_for() -> None:
+    from latentspace.data.store import TensorRecords
+
+    tensor = torch.arange(6 * 4, dtype=torch.uint8).reshape(6, 1, 2, 2)
+    images = Images(TensorRecords(tensor), 1)
+    for key in (torch.tensor([3, 0, -1]), np.array([5, 1]), [1, 2], slice(1, 4), 2, -6):
+        assert torch.equal(images[key], tensor[key]), key
+    mask = np.array([True, False, True, False, False, True])
+    assert torch.equal(images[mask], tensor[torch.from_numpy(mask)])
+    for key in (torch.tensor([6]), np.array([-7])):
+        with pytest.raises(IndexError):
+            images[key]

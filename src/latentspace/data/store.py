@@ -157,6 +157,12 @@ def _rows(key: Any, count: int) -> np.ndarray:
     """The positions an index (int, slice, list, 1-D tensor or array of ints or bools) selects."""
     if isinstance(key, torch.Tensor):
         key = key.cpu().numpy()
+    if isinstance(key, np.ndarray) and key.dtype.kind in "iu" and key.ndim == 1:
+        # a batch's positions (the common case): checked and wrapped as indexing would, without
+        # an arange of the whole dataset per batch (a larger dataset, larger allocations)
+        if len(key) and not (-count <= key.min() and key.max() < count):
+            raise IndexError(f"index out of range for {count} images")
+        return np.where(key < 0, key + count, key).astype(np.int64)
     return np.arange(count)[key].reshape(-1).astype(np.int64)
 
 
