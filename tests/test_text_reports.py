@@ -28,7 +28,7 @@ def test_the_report_of_a_text_run_names_the_tokenizer_by_its_length(text_run: Pa
 
     page = Path(write_report(text_run, quiet=True)).read_text()
     assert "characters&gt;" in page or "characters>" in page
-    assert 'merges' not in page and 'vocab' not in page
+    assert "merges" not in page and "vocab" not in page
 
 
 def test_export_and_explore_refuse_a_text_run_in_one_line(

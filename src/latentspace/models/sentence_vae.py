@@ -388,9 +388,7 @@ class SentenceVAE(LanguageModel):
         # named "encoder" so diagnostics find the layer that outputs the code
         self.encoder = nn.ModuleDict(
             {
-                "rnn": cell(
-                    config.embedding_dim, width, batch_first=True, bidirectional=True
-                ),
+                "rnn": cell(config.embedding_dim, width, batch_first=True, bidirectional=True),
                 "posterior": nn.Linear(2 * width, 2 * config.latent_dim),
             }
         )
