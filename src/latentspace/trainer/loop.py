@@ -237,8 +237,8 @@ class Trainer(Checkpointing):
             return ""
         return (
             f"time limit: {spent / 60:.1f} of {limit / 60:g} minutes spent, and an epoch takes "
-            f"{max(self.epoch_walls) / 60:.1f}; stopped after epoch {self.epoch} of "
-            f"{self.train_config.epochs} (--resume {self.run_dir} goes on)"
+            f"{format_duration(max(self.epoch_walls, default=0.0))}; stopped after epoch "
+            f"{self.epoch} of {self.train_config.epochs} (--resume {self.run_dir} goes on)"
         )
 
     def _save_start(self) -> None:
