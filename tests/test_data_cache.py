@@ -328,3 +328,21 @@ def test_images_index_like_the_tensor_they_stand_for() -> None:
     for key in (torch.tensor([6]), np.array([-7])):
         with pytest.raises(IndexError):
             images[key]
+
+
+def test_shards_held_open_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from latentspace.data import store
+
+    monkeypatch.setattr(store, "_OPEN_SHARDS", 2)
+    _write(tmp_path / "photos", 12)
+    cached = _open(tmp_path / "photos")
+    assert isinstance(cached.images, Images)
+    records = cached.images.records
+    assert isinstance(records, store.DiskRecords) and len(records.shard_paths) > 2
+    memory = files.load_folder(tmp_path / "photos")
+    for _ in range(2):  # every shard read, twice, through at most 2 open descriptors
+        for row in torch.randperm(12).tolist():
+            assert torch.equal(cached.images[[row]], memory.images[[row]])
+            assert len(records._files) <= 2
+    records.close()
+    assert records._files == {} and torch.equal(cached.images[:], memory.images)

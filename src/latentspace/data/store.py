@@ -16,6 +16,7 @@ dropped leave only the kernel's page cache, which is not the process's.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ __all__ = ["INDEX_COLUMNS", "DiskRecords", "Images", "TensorRecords", "checksum"
 # shape (C, H, W), and the checksum of its bytes
 INDEX_COLUMNS = ("shard", "offset", "channels", "height", "width", "checksum")
 _SHARD, _OFFSET, _C, _H, _W, _SUM = range(6)
+_OPEN_SHARDS = 128  # shards a DiskRecords keeps open at most (a process has ~1024 descriptors)
 
 
 def checksum(data: memoryview | bytes) -> int:
@@ -66,6 +68,27 @@ class DiskRecords:
         self.index = index
         self.names = list(names)
         self.on_damage = on_damage
+        # shard -> an open descriptor, least recently used first: a shuffled batch touches most
+        # shards, and opening each once a batch cost more than the checksums (bench/data_memory)
+        self._files: dict[int, int] = {}
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the shards held open (they are opened again when read)."""
+        files, self._files = getattr(self, "_files", {}), {}
+        for descriptor in files.values():
+            os.close(descriptor)
+
+    def _descriptor(self, shard: int) -> int:
+        descriptor = self._files.pop(shard, None)
+        if descriptor is None:
+            if len(self._files) >= _OPEN_SHARDS:
+                os.close(self._files.pop(next(iter(self._files))))
+            descriptor = os.open(self.shard_paths[shard], os.O_RDONLY | os.O_CLOEXEC)
+        self._files[shard] = descriptor
+        return descriptor
 
     def __len__(self) -> int:
         return len(self.index)
@@ -86,14 +109,13 @@ class DiskRecords:
         for shard, positions in by_shard.items():
             path = self.shard_paths[shard]
             try:
-                with open(path, "rb", buffering=0) as stream:
-                    for position in positions:
-                        _, offset, c, h, w, expected = entries[position]
-                        buffer = into(position, c * h * w)
-                        stream.seek(offset)
-                        read = stream.readinto(buffer.data)
-                        if read != buffer.size or checksum(buffer.data) != expected:
-                            self._damaged(shard, int(rows[position]))
+                descriptor = self._descriptor(shard)
+                for position in positions:
+                    _, offset, c, h, w, expected = entries[position]
+                    buffer = into(position, c * h * w)
+                    read = os.preadv(descriptor, [buffer.data], offset)  # no seek: positioned
+                    if read != buffer.size or checksum(buffer.data) != expected:
+                        self._damaged(shard, int(rows[position]))
             except OSError as error:
                 raise DataError(
                     f"cannot read the image cache {path}: {error.strerror or error}; delete "
@@ -102,6 +124,9 @@ class DiskRecords:
 
     def _damaged(self, shard: int, row: int) -> None:
         path = self.shard_paths[shard]
+        descriptor = self._files.pop(shard, None)
+        if descriptor is not None:
+            os.close(descriptor)
         self.on_damage(shard)
         raise DataError(
             f"the image cache {path} is damaged ({self.names[row]} fails its checksum): it is "
