@@ -100,14 +100,30 @@ def _metrics_table(record: dict[str, Any]) -> str:
 
 
 def _make_all(
-    sections: _Sections, planned: list[tuple[str, Callable[[], str]]], folder: Path, quiet: bool
-) -> None:
-    """Each planned section in turn (a failure is kept as its reason), with one progress bar."""
+    sections: _Sections,
+    planned: list[tuple[str, Callable[[], str]]],
+    folder: Path,
+    quiet: bool,
+    run: Run,
+    data: str,
+) -> Path:
+    """Each planned section in turn (a failure is kept as its reason) under one progress bar,
+    then the page: a line on the run (`data` says what it was trained on), the sections."""
     with Progress(f"report {folder}", len(planned), quiet=quiet) as progress:
         for heading, make in planned:
             progress.phase(heading.lower())
             sections.add(heading, make)
             progress.advance()
+    summary = (
+        f"<p>{escape(run.model.name)} on {escape(run.config.data.dataset)}, {data}, latent_dim "
+        f"{run.model.latent_dim}, {_epochs(run)} epochs.</p>"
+    )
+    if sections.failed:
+        summary += (
+            f'<p class="warn">Not made: {escape(", ".join(sections.failed))} (reasons below).</p>'
+        )
+    items = [("Run", summary), *sections.items]
+    return write_page(folder / REPORT, f"latentspace report: {folder.name}", items)
 
 
 def _config_table(run: Run) -> str:
@@ -298,18 +314,8 @@ def write_report(run_dir: str | Path, *, device: str = "cpu", quiet: bool = Fals
         ("Metrics", metrics),
         ("Configuration", lambda: _config_table(run)),
     ]
-    _make_all(sections, planned, folder, quiet)
-    summary = (
-        f"<p>{escape(model.name)} on {escape(run.config.data.dataset)}, images "
-        f"{'x'.join(map(str, run.image_shape))}, latent_dim {model.latent_dim}, "
-        f"{_epochs(run)} epochs.</p>"
-    )
-    if sections.failed:
-        summary += (
-            f'<p class="warn">Not made: {escape(", ".join(sections.failed))} (reasons below).</p>'
-        )
-    items = [("Run", summary), *sections.items]
-    return write_page(folder / REPORT, f"latentspace report: {folder.name}", items)
+    shape = "x".join(map(str, run.image_shape))
+    return _make_all(sections, planned, folder, quiet, run, f"images {shape}")
 
 
 def _diagnostics_html(folder: Path, sections: _Sections) -> str:

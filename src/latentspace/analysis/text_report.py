@@ -85,10 +85,8 @@ def write_text_report(run: Run, sections: Any, *, quiet: bool = False) -> Path:
     """Write the run's report.html (see the module docstring) through the image report's
     `_Sections` (a part that fails becomes a sentence saying why); returns the page."""
     from latentspace.analysis.report import (
-        REPORT,
         _config_table,
         _diagnostics_html,
-        _epochs,
         _make_all,
     )
 
@@ -219,18 +217,7 @@ def write_text_report(run: Run, sections: Any, *, quiet: bool = False) -> Path:
         ("Posterior collapse", collapse),
         ("Configuration", lambda: _config_table(run)),
     ]
-    _make_all(sections, planned, folder, quiet)
-    summary = (
-        f"<p>{escape(model.name)} on {escape(run.config.data.dataset)}, sentences, latent_dim "
-        f"{model.latent_dim}, {_epochs(run)} epochs.</p>"
-    )
-    if sections.failed:
-        summary += (
-            f'<p class="warn">Not made: {escape(", ".join(sections.failed))} (reasons below).</p>'
-        )
-    return write_page(
-        folder / REPORT, f"latentspace report: {folder.name}", [("Run", summary), *sections.items]
-    )
+    return _make_all(sections, planned, folder, quiet, run, "sentences")
 
 
 def write_map(
