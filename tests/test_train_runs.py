@@ -184,6 +184,28 @@ def test_time_limit_stops_a_run_that_resume_continues(
     assert epochs == [1, 2, 3]
 
 
+def test_resumable_settings_are_one_rule_for_the_cli_and_train(
+    tmp_path: Path, tiny_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --resume` and `train(resume=True)` both read settings.RESUMABLE_TRAIN_SETTINGS: a
+    setting added there is taken by both; one not there (batch_size) by neither."""
+    from latentspace import settings
+    from latentspace.cli import main
+
+    config = apply_overrides(tiny_config, ["train.epochs=1"])
+    run = tmp_path / "r"
+    ls.train(config, run, quiet=True, report=False, diagnostics=False)
+    resumable = (*settings.RESUMABLE_TRAIN_SETTINGS, "lr")
+    monkeypatch.setattr(settings, "RESUMABLE_TRAIN_SETTINGS", resumable)
+    argv = ["train", "--resume", str(run), "--epochs", "2", "--lr", "0.5", "--quiet"]
+    assert main([*argv, "--no-report", "--no-diagnostics"]) == 0
+    assert runs.read_run_config(run)[0].train.lr == 0.5
+    changed = apply_overrides(config, ["train.epochs=3", "train.lr=0.25", "train.batch_size=8"])
+    ls.train(changed, run, resume=True, quiet=True, report=False, diagnostics=False)
+    resumed = runs.read_run_config(run)[0].train
+    assert (resumed.epochs, resumed.lr, resumed.batch_size) == (3, 0.25, 16)
+
+
 def test_ae_generates_from_its_fitted_prior(tmp_path: Path, tiny_config: Config) -> None:
     config = apply_overrides(tiny_config, ["model.name=ae"])
     run = ls.train(config, tmp_path / "ae", quiet=True, report=False)

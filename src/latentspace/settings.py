@@ -23,12 +23,14 @@ __all__ = [
     "DEVICES",
     "OPTIMIZERS",
     "PRECISIONS",
+    "RESUMABLE_TRAIN_SETTINGS",
     "SCHEDULES",
     "DataConfig",
     "TrainConfig",
     "check_finite",
     "parse_value",
     "replace_fields",
+    "resumed_train",
     "validate_settings",
 ]
 
@@ -264,3 +266,17 @@ def validate_settings(data: DataConfig, train: TrainConfig) -> None:
         raise ConfigError(
             f"data.crop = {d.crop} is larger than data.size = {d.size}: crop at most the size"
         )
+
+
+# The training settings a resumed run may change, written once: `latentspace train --resume`
+# accepts only these flags and `train(resume=True)` takes only these from the config it is given;
+# everything else is the saved run's, so the resumed run is the one that was started.
+RESUMABLE_TRAIN_SETTINGS = ("epochs", "max_minutes")
+
+
+def resumed_train(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+    """The training settings of a resumed run: the saved ones, but with the
+    `RESUMABLE_TRAIN_SETTINGS` taken from `given`."""
+    return dataclasses.replace(
+        saved, **{name: getattr(given, name) for name in RESUMABLE_TRAIN_SETTINGS}
+    )

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentspace import distributed, runs
+from latentspace import distributed, runs, settings
 from latentspace.config import Config
 from latentspace.data import prepare_data
 from latentspace.errors import ConfigError, RunError, StorageError
@@ -127,13 +127,7 @@ def _prepare(
     """The trainer of a new run (config.json written), or of a resumed one at its last commit."""
     if resume:
         saved, image_shape, _ = runs.read_run_config(run_dir)
-        given = config.train  # a resume may change the epochs and the time limit, nothing else
-        config = dataclasses.replace(
-            saved,
-            train=dataclasses.replace(
-                saved.train, epochs=given.epochs, max_minutes=given.max_minutes
-            ),
-        )
+        config = dataclasses.replace(saved, train=settings.resumed_train(saved.train, config.train))
     torch.manual_seed(config.train.seed)
     # rank 0 reads the dataset first (a folder's cache is then built once), then the others
     data = distributed.agree(lambda: prepare_data(config), "read the dataset")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
-from latentspace import train
+from latentspace import settings, train
 from latentspace.commands._common import add_override_argument
 from latentspace.config import Config, apply_overrides, load_config
 from latentspace.dashboards import LOGGERS
@@ -188,19 +189,22 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.out is not None and args.out != args.resume:
             raise ConfigError("--resume continues a run in place: leave out --out")
-        kept = ("epochs", "max_minutes")
+        kept = settings.RESUMABLE_TRAIN_SETTINGS
         changed = [f for f in FLAGS if f not in kept and getattr(args, f, None) is not None]
         if changed or args.overrides or args.config:
+            allowed = " and ".join(f"--{f.replace('_', '-')}" for f in kept)
             raise ConfigError(
-                f"--resume keeps the run's settings; only --epochs and --max-minutes may change "
+                f"--resume keeps the run's settings; only {allowed} may change "
                 f"(got --{(changed or ['set'])[0].replace('_', '-')})"
             )
         from latentspace.runs import read_run_config
 
         saved, _, _ = read_run_config(args.resume)
-        epochs = args.epochs if args.epochs is not None else saved.train.epochs
-        minutes = args.max_minutes if args.max_minutes is not None else saved.train.max_minutes
-        config = apply_overrides(saved, [f"train.epochs={epochs}", f"train.max_minutes={minutes}"])
+        given = {f: getattr(args, f) for f in kept if getattr(args, f, None) is not None}
+        given_train = apply_overrides(saved, [f"{FLAGS[f][0]}={v}" for f, v in given.items()])
+        config = dataclasses.replace(
+            saved, train=settings.resumed_train(saved.train, given_train.train)
+        )
         _train_logged(
             args,
             config,
