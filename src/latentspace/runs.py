@@ -15,6 +15,9 @@ A checkpoint writes model.safetensors, metrics.jsonl (and diagnostics.jsonl) fir
 trainer_state.pt last, so a kill at any instant leaves either the previous commit (whose epoch
 a resume puts the other files back to) or the new one; a folder killed before its first commit
 holds no run and the same command starts it again.
+
+What config.json says (its checks, and configs saved by older versions brought up to today's) is
+`run_config`'s; this module finds and reads the file.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ import safetensors.torch
 import torch
 
 from latentspace._version import __version__
-from latentspace.config import Config, config_from_dict, config_to_dict
+from latentspace.config import Config, config_to_dict
 from latentspace.errors import LatentspaceError, RunError
-from latentspace.models import DEFAULT_MODEL, MODELS, GenerativeModel, build_model
+from latentspace.models import GenerativeModel, build_model
+from latentspace.run_config import FORMAT_VERSION, config_from_document, is_whole
 from latentspace.run_files import (
     CONFIG,
     LOCK,
@@ -80,7 +84,6 @@ __all__ = [
     "write_metrics",
 ]
 
-FORMAT_VERSION = 1
 _APPEND_WAIT_S = 5.0  # how long a short writer (evaluate appending a record) waits for the lock
 
 
@@ -213,13 +216,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _metrics_problem(record: dict[str, Any]) -> str | None:
-    if record.get("kind", "epoch") == "epoch" and not _whole(record.get("epoch")):
+    if record.get("kind", "epoch") == "epoch" and not is_whole(record.get("epoch")):
         return "is an epoch record without a whole-number 'epoch'"
     return None
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_jsonl(
@@ -298,42 +297,7 @@ def _read_config(run_dir: Path) -> tuple[Config, tuple[int, int, int], dict[str,
         raise RunError(f"{path} is not valid JSON (truncated or edited?)") from None
     except OSError as error:
         raise RunError(f"{path} cannot be read: {error.strerror or error}") from None
-    if not isinstance(document, dict) or "config" not in document or "image_shape" not in document:
-        raise RunError(f"{path} lacks 'config' or 'image_shape': not a latentspace run config")
-    version = document.get("format_version")
-    if version != FORMAT_VERSION:
-        raise RunError(
-            f"{path} has format version {version}; this latentspace reads {FORMAT_VERSION}"
-        )
-    sections = document["config"]
-    if not isinstance(sections, dict):
-        raise RunError(f"{path}: 'config' is {json.dumps(sections)}, not an object of sections")
-    for name, section in sections.items():
-        if not isinstance(section, dict):
-            raise RunError(
-                f"{path}: config section {name!r} is {json.dumps(section)}, not an object of "
-                "settings"
-            )
-    data = sections.get("data")
-    if isinstance(data, dict) and "test_fraction" not in data:
-        # a run made before folders had a test split: keep the validation split it trained with
-        sections = {**sections, "data": {**data, "test_fraction": 0.0, "split_by_name": False}}
-    sections = _settings_saved_before(sections)
-    try:
-        config = config_from_dict(sections, source=str(path))
-    except (LatentspaceError, TypeError, AttributeError) as error:
-        raise RunError(f"{path}: {error}") from None
-    shape = document["image_shape"]
-    if not (
-        isinstance(shape, list) and len(shape) == 3 and all(_whole(v) and v > 0 for v in shape)
-    ):
-        raise RunError(
-            f"{path}: image_shape is {json.dumps(shape)}; it should be three positive whole "
-            "numbers [channels, height, width]"
-        )
-    c, h, w = shape
-    info = {k: v for k, v in document.items() if k not in ("config", "image_shape")}
-    return config, (c, h, w), info
+    return config_from_document(document, path)
 
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], int]:
@@ -461,18 +425,6 @@ def weights_epoch(run_dir: Path) -> int | None:
         return _read_weights(run_dir / WEIGHTS)[1]
     except RunError:
         return None
-
-
-def _settings_saved_before(sections: dict[str, Any]) -> dict[str, Any]:
-    """A family's settings added after a run was saved take the value that run trained with
-    (its config class's SAVED_BEFORE), not today's default: the weights were made by that."""
-    model = sections.get("model")
-    family = MODELS.get(str(model.get("name", DEFAULT_MODEL))) if isinstance(model, dict) else None
-    if family is None or not isinstance(model, dict):
-        return sections
-    saved_before = getattr(family.config_class, "SAVED_BEFORE", {})
-    missing = {key: value for key, value in saved_before.items() if key not in model}
-    return {**sections, "model": {**model, **missing}} if missing else sections
 
 
 def read_run_config(run_dir: str | Path) -> tuple[Config, tuple[int, int, int], dict[str, Any]]:
