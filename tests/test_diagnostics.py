@@ -298,7 +298,7 @@ def test_diverged_compares_like_with_like_on_a_kl_annealed_vae() -> None:
     """The first step of a KL-annealed VAE weighed its KL by about 0; validation weighs it by 1.
     A KL grown while its weight was low is not a lost model; a reconstruction above the
     untrained model's whole loss is."""
-    from latentspace.diagnostics.rules import _diverged
+    from latentspace.diagnostics.loss_rules import _diverged
 
     def entry(val_loss: float, val_kl: float) -> dict[str, Any]:
         return {

@@ -1,13 +1,23 @@
-"""The plain-words findings: thresholds and the rules that turn an epoch record into warnings."""
+"""The plain-words findings: the rules that turn an epoch record into warnings, and `detect`,
+which runs them all. The thresholds and `Finding` live in `thresholds` (re-exported here), the
+loss-curve rules in `loss_rules`."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
-from typing import Any, TypeGuard
+from typing import Any
 
+from latentspace.diagnostics.loss_rules import loss_warnings
 from latentspace.diagnostics.measure import ACTIVE_UNIT_THRESHOLD
+from latentspace.diagnostics.thresholds import (
+    TOO_HIGH,
+    UPSTREAM_OF_COLLAPSE,
+    Finding,
+    Thresholds,
+)
+from latentspace.diagnostics.thresholds import finite as _finite
+from latentspace.diagnostics.thresholds import first_step as _first_step
 
 __all__ = [
     "TOO_HIGH",
@@ -20,55 +30,13 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True)
-class Thresholds:
-    """When a measured number becomes a warning. docs/diagnostics.md gives the reasons, and
-    bench/diagnostics_accuracy.py the suite of labelled runs they were chosen on."""
-
-    dead_relu: float = 0.9  # fraction of a layer's ReLU units silent on every validation image
-    dead_images: int = 100  # ... judged only on at least this many images (on 24, chance)
-    saturated: float = 0.5  # fraction of a layer's sigmoid/tanh outputs with slope < 5% of peak
-    vanishing: float = 1e-3  # first-layer / last-layer weight-gradient norm below this
-    exploding: float = 1e3  # a sampled step's gradient norm over the run's first step's above this
-    update_high: float = 1.0  # largest update-to-weight ratio of the epoch's sampled steps
-    update_low: float = 5e-4  # ... of the epoch's last step below this in every layer
-    # epoch's mean training loss above its end-of-epoch loss by more than this many times the
-    # distance from that end to the untrained model's (scale-free: a density's loss can be < 0)
-    loss_spike: float = 1.0
-    loss_rise: float = 0.05  # training loss rose by more than this fraction over one epoch
-    upturn: float = 0.01  # validation loss above its best by this fraction while training falls
-    upturn_epochs: int = 5  # ... in each of this many epochs in a row
-    gap: float = 0.25  # (validation - training) / training loss above this
-    collapse: float = 0.1  # share of active latent units at or below this: posterior collapse
-    collapse_steps: int = 200  # ... after this many optimizer steps (units wake up in the first)
-    diverged: float = 0.1  # loss above the untrained model's by more than this fraction
-    diversity: float = 0.15  # generated images' spread over the real images' below this ...
-    diversity_epochs: int = 2  # ... in each of this many epochs in a row: mode collapse
-
-
 # the advised clipping norm over the first step's: above the growth of every healthy run in
 # bench/diagnostics_accuracy.py (at most 43 times), far below a blow-up
 _CLIP_OVER_START = 100
 
-# conditions that say the learning rate is too high: a run that met one is never told to raise it
-TOO_HIGH = ("update_high", "loss_spike", "loss_rise", "diverged")
-UPSTREAM_OF_COLLAPSE = (*TOO_HIGH, "update_low", "vanishing", "exploding")
-
-
-@dataclasses.dataclass(frozen=True)
-class Finding:
-    """key identifies the condition (e.g. "dead_relu:encoder layer 2"); text is what users read."""
-
-    key: str
-    text: str
-
 
 def _percent(value: float) -> str:
     return f"{100 * value:.0f}%"
-
-
-def _finite(value: Any) -> TypeGuard[float]:
-    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _layer_warnings(entry: dict[str, Any], lr: float, t: Thresholds) -> list[Finding]:
@@ -141,16 +109,6 @@ def _crawl_warning(
             f"crawls, try a higher learning rate than {lr:g} (--lr {lr * 10:g})",
         )
     ]
-
-
-def _first_step(entry: dict[str, Any], history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The run's first sampled step (step 1: the loss of the untrained model and its gradient
-    norm), or None when the records do not reach back to it."""
-    first = history[0] if history else entry
-    steps = first.get("steps_sampled") or []
-    if first.get("epoch") == 1 and steps and steps[0].get("step") == 1:
-        return dict(steps[0])
-    return None
 
 
 def _gradient_warnings(
@@ -227,150 +185,6 @@ def exploded(norms: Sequence[tuple[int, float]], t: Thresholds) -> Growth | None
         return None
     step, peak = max(finite, key=lambda pair: pair[1])
     return Growth(finite[0][1], peak, step) if peak > t.exploding * finite[0][1] else None
-
-
-def _epoch_start_loss(entry: dict[str, Any], history: Sequence[dict[str, Any]]) -> float | None:
-    """The training loss where the epoch began: the previous epoch's last step, or the untrained
-    model's at the run's first step."""
-    if history:
-        before = history[-1].get("end_loss")
-        return before if _finite(before) else None
-    start = _first_step(entry, history)
-    return start["loss"] if start and _finite(start.get("loss")) else None
-
-
-def _diverged(
-    entry: dict[str, Any], history: Sequence[dict[str, Any]], t: Thresholds
-) -> tuple[float, float] | None:
-    """(the loss now, the untrained model's) when the loss is not finite or clearly above what
-    the model scored before its first step (on one batch: hence the margin `t.diverged`):
-    whatever it learned is lost. None otherwise.
-
-    A family that anneals its KL weight declares it (signals["kl_weight"]): its first step
-    weighed the KL by about 0 and validation weighs it by 1, and a KL that grows while its
-    weight is low raises the validation loss above the untrained one with nothing lost. Then
-    the validation loss less its KL (the reconstruction, weighed 1 at every step) is compared:
-    the untrained reconstruction is at most the first step's loss (a KL term is never below 0),
-    so one clearly above that loss is still a model that lost what it learned."""
-    start = _first_step(entry, history)
-    now = entry.get("val_loss", entry.get("train_loss"))
-    if start is None or now is None or not _finite(start.get("loss")):
-        return None
-    annealing = "kl_weight" in (entry.get("signals") or {})
-    if annealing and _finite(now) and _finite(entry.get("val_kl")) and "val_loss" in entry:
-        now -= entry["val_kl"]
-    above = now > start["loss"] + t.diverged * abs(start["loss"])
-    return (now, start["loss"]) if not _finite(now) or above else None
-
-
-def _spike(
-    entry: dict[str, Any], history: Sequence[dict[str, Any]], t: Thresholds
-) -> tuple[float, float, float, float] | None:
-    """(the epoch's mean training loss, its end-of-epoch loss, the untrained model's, how far the
-    mean lay above that end in units of the distance between the two) when that is above
-    `t.loss_spike`: for an end below the untrained loss, the share of the run's progress the
-    epoch gave back. Measured against the run's own progress, not as a ratio of losses, since a
-    density's loss can be near 0 or below it. A loss that only fell can average far above its
-    end (a Gaussian decoder's first steps): it blew up only if the epoch's mean is also above
-    where the epoch began. None otherwise, or when the records do not reach back to step 1."""
-    mean, end = entry.get("train_loss"), entry.get("val_loss", entry.get("end_loss"))
-    first = _first_step(entry, history)
-    begun = _epoch_start_loss(entry, history)
-    if first is None or not (_finite(mean) and _finite(end) and _finite(first.get("loss"))):
-        return None
-    untrained = first["loss"]
-    if (begun is not None and mean <= begun) or mean - end <= t.loss_spike * abs(untrained - end):
-        return None
-    distance = abs(untrained - end)
-    return mean, end, untrained, (mean - end) / distance if distance else math.inf
-
-
-def _loss_warnings(
-    entry: dict[str, Any], history: Sequence[dict[str, Any]], lr: float, t: Thresholds
-) -> list[Finding]:
-    found: list[Finding] = []
-    if not entry.get("likelihood", True):
-        return found
-    train_loss = entry.get("train_loss")
-    spike = _spike(entry, history, t)
-    if spike is not None:
-        mean, end, untrained, given_back = spike
-        scale = "all it had fallen from" if end < untrained else "as far as it ended above"
-        found.append(
-            Finding(
-                "loss_spike",
-                f"training loss averaged {mean:.4g} in epoch {entry['epoch']}, {mean - end:.4g} "
-                f"above its value at the end of the epoch ({end:.4g}), {given_back:.3g} times "
-                f"{scale} the untrained model's {untrained:.4g}: the loss blew up during the "
-                f"epoch; the learning rate {lr:g} is too high, try --lr {lr / 10:g}",
-            )
-        )
-    if history and train_loss is not None:
-        before = history[-1].get("train_loss")
-        if _finite(before) and train_loss > before + t.loss_rise * abs(before):
-            found.append(
-                Finding(
-                    "loss_rise",
-                    f"training loss rose from {before:.4g} to {train_loss:.4g} "
-                    f"({(train_loss - before) / abs(before):+.0%}) in epoch {entry['epoch']}: the "
-                    f"learning rate {lr:g} may be too high, try --lr {lr / 10:g}",
-                )
-            )
-    diverged = _diverged(entry, history, t)
-    if diverged is not None:
-        now, start = diverged
-        found.append(
-            Finding(
-                "diverged",
-                f"the loss is {now:.4g}, above the untrained model's {start:.4g} at the first "
-                f"step: training diverged and what it learned is lost; the learning rate {lr:g} "
-                f"is too high, try --lr {lr / 10:g}",
-            )
-        )
-        return found  # a model that lost what it learned neither memorises nor overfits
-    if entry.get("val_upturn"):
-        found.append(_overfitting(entry, history, t))
-    gap = entry.get("gap_relative")
-    unstable = any(f.key in ("loss_spike", "loss_rise") for f in found)
-    if _finite(gap) and gap > t.gap and not unstable:  # a gap from instability is not memory
-        found.append(
-            Finding(
-                "gap",
-                f"validation loss {entry['val_loss']:.4g} is {gap:.0%} above training loss "
-                f"{train_loss:.4g} (train/validation gap): the model memorises its training "
-                "images; train on more images (--set data.limit=...) or a smaller model",
-            )
-        )
-    return found
-
-
-def _longest_wait(values: Sequence[float]) -> int:
-    """The most epochs a validation curve waited for a new best that then came."""
-    best, waited, longest = math.inf, 0, 0
-    for value in values:
-        if value < best:
-            best, longest, waited = value, max(longest, waited), 0
-        else:
-            waited += 1
-    return longest
-
-
-def _overfitting(
-    entry: dict[str, Any], history: Sequence[dict[str, Any]], t: Thresholds
-) -> Finding:
-    """The advice's patience is longer than any wait this run's validation loss has already come
-    back from: a shorter one would have stopped it before a later best."""
-    curve = [h["val_loss"] for h in history if _finite(h.get("val_loss"))]
-    patience = max(t.upturn_epochs, _longest_wait(curve) + 1)
-    since = entry["epoch"] - entry["val_best_epoch"]
-    return Finding(
-        "overfitting",
-        f"validation loss has stayed above its best ({entry['val_best']:.4g} at epoch "
-        f"{entry['val_best_epoch']}) for {since} epochs and is now {entry['val_loss']:.4g}, "
-        f"{entry['val_loss'] / entry['val_best'] - 1:.1%} above it, while training loss fell to "
-        f"{entry['train_loss']:.4g} (overfitting): stop early with --set train.patience="
-        f"{patience}, or train on more images",
-    )
 
 
 def _code_warnings(entry: dict[str, Any], t: Thresholds) -> list[Finding]:
@@ -451,7 +265,7 @@ def detect(
     found = [
         *_layer_warnings(entry, lr, t),
         *_gradient_warnings(entry, history, t),
-        *_loss_warnings(entry, history, lr, t),
+        *loss_warnings(entry, history, lr, t),
         *_adversarial_warnings(entry, history, t),
     ]
     found += _crawl_warning(entry, history, found, lr, t, base_lr)
