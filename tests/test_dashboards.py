@@ -178,10 +178,10 @@ def test_a_slow_encoder_gets_no_reconstructions_and_a_smaller_embedding(
     """Timed at 2 images a second (an encoder that is an optimisation): reconstructing the 6
     held-out images each epoch would cost 3 s, so there are none (said in one line); the
     embedding gets what its budget (2 s here) affords."""
-    import latentspace.dashboards as dashboards
+    from latentspace.dashboards import pictures
 
-    monkeypatch.setattr(dashboards, "affordable_encodes", lambda model, x, budget_s: 2)
-    monkeypatch.setattr(dashboards, "_EMBEDDING_BUDGET_S", 2.0)
+    monkeypatch.setattr(pictures, "affordable_encodes", lambda model, x, budget_s: 2)
+    monkeypatch.setattr(pictures, "EMBEDDING_BUDGET_S", 2.0)
     lines: list[str] = []
     out = tmp_path / "run"
     callbacks = [TensorBoardLogger()]
