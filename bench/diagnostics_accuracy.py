@@ -576,7 +576,7 @@ def source_of(key: str) -> str:
         return "a family's own epoch_warnings (models/)"
     if key.startswith("nan_stop"):
         return "the stop on a NaN loss (train.py, or diagnostics/callback.py naming the cause)"
-    return "diagnostics (diagnostics/rules.py)"
+    return "diagnostics (diagnostics/rules.py, loss_rules.py)"
 
 
 def per_warning(runs: Sequence[Records], result: Score) -> list[str]:

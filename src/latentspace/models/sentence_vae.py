@@ -415,7 +415,7 @@ class SentenceVAE(LanguageModel):
 
     def training_signals(self, terms: Mapping[str, float]) -> dict[str, float]:
         """The KL weight the next step trains with: the diagnostics then know the first step's
-        loss weighed the KL differently from validation (see rules._diverged)."""
+        loss weighed the KL differently from validation (see diagnostics.loss_rules._diverged)."""
         return {"kl_weight": self.scheduled_kl_weight()}
 
     def scheduled_kl_weight(self) -> float:
