@@ -14,9 +14,10 @@ from latentspace.models.autoencoder import AEConfig, AutoEncoder
 from latentspace.models.base import GenerativeModel
 from latentspace.models.fsq import FSQ
 from latentspace.models.gan import GAN, GANConfig
+from latentspace.models.language_model import LanguageModel
 from latentspace.models.layers import NetworkConfig
 from latentspace.models.networks import NETWORKS, register_network
-from latentspace.models.sentence_vae import LanguageModel, SentenceVAE
+from latentspace.models.sentence_vae import SentenceVAE
 from latentspace.models.vae import VAE, VAEConfig
 from latentspace.models.vqvae import VQVAE
 from latentspace.settings import TrainConfig
