@@ -144,6 +144,34 @@ def test_early_stopping_ends_a_real_run(tmp_path: Path, tiny_config: Config) -> 
     assert [r["epoch"] for r in run.metrics] == [1, 2, 3, 4]  # best at 1, then 3 without gain
 
 
+def test_early_stopping_ends_with_the_best_epochs_weights(
+    tmp_path: Path, tiny_config: Config
+) -> None:
+    """Epoch 1 is the best (min_delta huge): the run stops after epoch 3 and keeps epoch 1's
+    weights, the weights a run of 1 epoch ends with, not those of its third epoch."""
+    stopping = ["train.epochs=10", "train.patience=2", "train.min_delta=1e9"]
+    run = ls.train(
+        apply_overrides(tiny_config, stopping), tmp_path / "es", quiet=True, report=False
+    )
+    epochs = [r for r in run.metrics if r.get("kind") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3] and epochs[-1]["restored_epoch"] == 1
+    one = ls.train(
+        apply_overrides(tiny_config, ["train.epochs=1"]), tmp_path / "one", quiet=True, report=False
+    )
+    three = ls.train(
+        apply_overrides(tiny_config, ["train.epochs=3"]),
+        tmp_path / "three",
+        quiet=True,
+        report=False,
+    )
+    kept = run.model.state_dict()
+    for name, value in one.model.state_dict().items():
+        torch.testing.assert_close(kept[name], value, rtol=0, atol=0)
+    assert any(not torch.equal(kept[n], v) for n, v in three.model.state_dict().items())
+    reloaded = ls.load(tmp_path / "es").state_dict()  # the files hold them too
+    assert all(torch.equal(reloaded[n], v) for n, v in kept.items())
+
+
 def test_stop_training_from_a_callback(tmp_path: Path, tiny_config: Config) -> None:
     class Stop:
         def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:

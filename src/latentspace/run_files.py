@@ -23,6 +23,7 @@ if sys.platform != "win32":
     import fcntl
 
 __all__ = [
+    "BEST",
     "CONFIG",
     "LOCK",
     "METRICS",
@@ -43,9 +44,10 @@ CONFIG, WEIGHTS, STATE, METRICS, LOCK = (
     "metrics.jsonl",
     ".lock",
 )
+BEST = "best.safetensors"  # with early stopping: the weights of the best validation epoch
 # What training writes into a run: a folder holding only these (and their temp files) is a run,
 # or one killed before its first commit.
-RUN_FILES = frozenset({CONFIG, WEIGHTS, STATE, METRICS, LOCK, "diagnostics.jsonl"})
+RUN_FILES = frozenset({CONFIG, WEIGHTS, STATE, METRICS, LOCK, BEST, "diagnostics.jsonl"})
 
 
 def cannot_write(path: Path, error: OSError) -> StorageError:

@@ -41,6 +41,7 @@ from latentspace.errors import LatentspaceError, RunError
 from latentspace.models import GenerativeModel, build_model
 from latentspace.run_config import FORMAT_VERSION, config_from_document, is_whole
 from latentspace.run_files import (
+    BEST,
     CONFIG,
     LOCK,
     METRICS,
@@ -54,6 +55,7 @@ from latentspace.run_files import (
 )
 
 __all__ = [
+    "BEST",
     "CONFIG",
     "FORMAT_VERSION",
     "LOCK",
@@ -70,6 +72,7 @@ __all__ = [
     "committed_epoch",
     "file_sha256",
     "foreign_files",
+    "load_best",
     "load_model",
     "lock_run",
     "open_run",
@@ -185,13 +188,27 @@ def save_config(
     atomic_write(run_dir / CONFIG, lambda tmp: tmp.write_text(text))
 
 
-def save_model(run_dir: Path, model: GenerativeModel, epoch: int) -> None:
+def save_model(run_dir: Path, model: GenerativeModel, epoch: int, name: str = WEIGHTS) -> None:
+    """The weights as `name` (model.safetensors; BEST for early stopping's best epoch)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"epoch": str(epoch), "model": model.name}
     atomic_write(
-        run_dir / WEIGHTS,
+        run_dir / name,
         lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata),
     )
+
+
+def load_best(run_dir: Path, model: GenerativeModel, epoch: int) -> bool:
+    """Put the weights saved as BEST into `model` when they are epoch `epoch`'s; False (the
+    model untouched) when the file is missing, unreadable or of another epoch."""
+    try:
+        tensors, saved_epoch = _read_weights(run_dir / BEST)
+        if saved_epoch != epoch:
+            return False
+        _load_tensors(run_dir / BEST, run_dir, model, tensors)
+    except RunError:
+        return False
+    return True
 
 
 def save_trainer_state(run_dir: Path, state: dict[str, Any]) -> None:

@@ -222,6 +222,8 @@ class Trainer(Checkpointing):
             if self.rank != 0:
                 self.out_of_time = "time limit (rank 0's)" if stop == 2 else ""
                 self.stop_reason = (self.stop_reason or "stopped by rank 0") if stop == 1 else ""
+            if stop == 1:  # every rank ends with the weights rank 0 kept (_keep_best)
+                distributed.broadcast_state(self.model)
         self._finish()
         return self.records
 
@@ -248,6 +250,7 @@ class Trainer(Checkpointing):
     def _commit(self, record: dict[str, Any], started: float) -> None:
         """The epoch's checkpoint, its line and the callbacks (rank 0's part of an epoch)."""
         call_hooks(self.callbacks, "on_checkpoint", self, record)
+        self._keep_best(record)
         self.save()
         self.epoch_walls.append(time.perf_counter() - started)
         self._report(record)
@@ -380,6 +383,26 @@ class Trainer(Checkpointing):
                 f"early stopping: validation loss has not improved for {patience} "
                 f"epochs (best {self.best_val:.4g} at epoch {self.best_epoch})"
             )
+
+    def _keep_best(self, record: dict[str, Any]) -> None:
+        """With early stopping, the best epoch's weights are kept as best.safetensors, and the
+        epoch that stops training puts them back (as Keras' restore_best_weights), so the run
+        ends with the weights it stopped for, not those of `patience` worse epochs. Written
+        before the commit: a kill between the two re-runs the epoch, which saves them again."""
+        patience = self.train_config.patience
+        if not patience or self.model.monitor is None:
+            return
+        if self.best_epoch == self.epoch:
+            runs.save_model(self.run_dir, self.model, self.epoch, name=runs.BEST)
+        elif self.bad_epochs >= patience:
+            if runs.load_best(self.run_dir, self.model, self.best_epoch):
+                record["restored_epoch"] = self.best_epoch
+                self.stop_reason += f"; the run keeps epoch {self.best_epoch}'s weights"
+            else:
+                self.stop_reason += (
+                    f"; epoch {self.best_epoch}'s weights were not found in {runs.BEST}: the run "
+                    "keeps the last epoch's"
+                )
 
     def _diverged(self, value: float, step: int) -> None:
         raise TrainingDiverged(
