@@ -207,6 +207,27 @@ def test_the_entropy_model_learns_faster_than_the_networks() -> None:
     assert all(g["lr"] == pytest.approx(0.002) for g in groups if g is not prior)
 
 
+@pytest.mark.parametrize("shape", [(4, 1, 28, 28), (2, 3, 40, 33)])
+def test_ssim_is_torchmetrics_ssim_values_and_gradients(shape: tuple[int, ...]) -> None:
+    """models.likelihood.ssim (a separable window) against torchmetrics' (one 2-D window)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from latentspace.models.likelihood import ssim
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=generator, dtype=torch.float64)
+    noisy = (x + 0.2 * torch.randn(shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    ours_in, theirs_in = noisy.clone().requires_grad_(), noisy.clone().requires_grad_()
+    ours = ssim(ours_in, x)
+    theirs = structural_similarity_index_measure(theirs_in, x, data_range=1.0, reduction="none")
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    (ours * torch.arange(1.0, len(x) + 1, dtype=torch.float64)).sum().backward()
+    (theirs * torch.arange(1.0, len(x) + 1, dtype=torch.float64)).sum().backward()
+    assert ours_in.grad is not None and theirs_in.grad is not None
+    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-8, atol=1e-12)
+    assert 0.0 < float(ours.detach().min()) < float(ours.detach().max()) < 1.0
+
+
 def test_integer_tables_are_positive_and_sum_to_the_precision() -> None:
     logits = torch.tensor([[0.0, 50.0, -50.0, 1.0, 2.0], [0.0] * 5])
     table = integer_frequencies(logits)
