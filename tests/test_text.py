@@ -222,6 +222,25 @@ def test_packed_sentence_nll_equals_the_padded_one_token_by_token(family: str) -
     torch.testing.assert_close(model.sentence_nll(ids, z), expected)
 
 
+def test_a_run_saved_before_encoder_size_existed_loads_with_its_full_width_encoder(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """encoder_size came later (0: the decoder's width, then the only width) and now defaults
+    to 64: a config.json without it still loads the encoder its weights were trained with."""
+    config = text_config(corpus, "sentence_vae", "train.epochs=1", "model.encoder_size=0")
+    run = ls.train(config, tmp_path / "run", quiet=True, report=False, diagnostics=False)
+    path = tmp_path / "run" / "config.json"
+    document = json.loads(path.read_text())
+    del document["config"]["model"]["encoder_size"]  # as written before the setting existed
+    path.write_text(json.dumps(document))
+    loaded = ls.open_run(tmp_path / "run")
+    assert loaded.config.model.encoder_size == 0 != type(loaded.config.model)().encoder_size
+    for (name, value), saved in zip(
+        loaded.model.state_dict().items(), run.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(value, saved), name
+
+
 def test_the_encoder_has_its_own_width() -> None:
     """model.encoder_size sets each encoder direction's units (0: the decoder's); the code
     still comes out (B, latent_dim) and a negative width is a one-line error."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -32,6 +33,10 @@ CELLS = ("gru", "lstm")
 
 @dataclasses.dataclass(frozen=True)
 class SentenceVAEConfig(LanguageModelConfig):
+    # settings added after runs were saved, with the value such a run trained with (run_config
+    # fills them in when a saved config.json lacks them, so older runs still load)
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"encoder_size": 0}
+
     name: str = "sentence_vae"
     latent_dim: int = 32
     cell: str = "gru"  # the encoder's recurrent cell: gru | lstm
