@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -200,11 +199,9 @@ def _run_train(args: argparse.Namespace) -> int:
         from latentspace.runs import read_run_config
 
         saved, _, _ = read_run_config(args.resume)
-        given = {f: getattr(args, f) for f in kept if getattr(args, f, None) is not None}
-        given_train = apply_overrides(saved, [f"{FLAGS[f][0]}={v}" for f, v in given.items()])
-        config = dataclasses.replace(
-            saved, train=settings.resumed_train(saved.train, given_train.train)
-        )
+        # train(resume=True) keeps only the resumable settings of what it is given
+        given = [f"{FLAGS[f][0]}={getattr(args, f)}" for f in kept if getattr(args, f) is not None]
+        config = apply_overrides(saved, given)
         _train_logged(
             args,
             config,
