@@ -377,24 +377,27 @@ class Trainer(Checkpointing):
             self.best_val, self.best_epoch, self.bad_epochs = val_total, self.epoch, 0
             return
         self.bad_epochs += 1
-        patience = self.train_config.patience
-        if patience and self.bad_epochs >= patience:
+        if self._patience_spent():
             self.stop_reason = (
-                f"early stopping: validation loss has not improved for {patience} "
-                f"epochs (best {self.best_val:.4g} at epoch {self.best_epoch})"
+                f"early stopping: validation loss has not improved for "
+                f"{self.train_config.patience} epochs (best {self.best_val:.4g} at epoch "
+                f"{self.best_epoch})"
             )
+
+    def _patience_spent(self) -> bool:
+        patience = self.train_config.patience
+        return bool(patience) and self.bad_epochs >= patience
 
     def _keep_best(self, record: dict[str, Any]) -> None:
         """With early stopping, the best epoch's weights are kept as best.safetensors, and the
         epoch that stops training puts them back (as Keras' restore_best_weights), so the run
         ends with the weights it stopped for, not those of `patience` worse epochs. Written
         before the commit: a kill between the two re-runs the epoch, which saves them again."""
-        patience = self.train_config.patience
-        if not patience or self.model.monitor is None:
+        if not self.train_config.patience or self.model.monitor is None:
             return
         if self.best_epoch == self.epoch:
             runs.save_model(self.run_dir, self.model, self.epoch, name=runs.BEST)
-        elif self.bad_epochs >= patience:
+        elif self._patience_spent():
             if runs.load_best(self.run_dir, self.model, self.best_epoch):
                 record["restored_epoch"] = self.best_epoch
                 self.stop_reason += f"; the run keeps epoch {self.best_epoch}'s weights"
