@@ -24,7 +24,7 @@ from PIL import Image
 import latentspace as ls
 from conftest import make_images
 from latentspace.cli import main
-from latentspace.errors import ConfigError
+from latentspace.errors import ConfigError, DataError
 from latentspace.journal import FORMAT_VERSION, AlbumError, decode_album, encode_album
 from latentspace.journal.coding import SymbolCoder
 from latentspace.journal.container import MAGIC, Album, Entry, pack, unpack
@@ -226,6 +226,42 @@ def test_ssim_is_torchmetrics_ssim_values_and_gradients(shape: tuple[int, ...]) 
     assert ours_in.grad is not None and theirs_in.grad is not None
     torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-8, atol=1e-12)
     assert 0.0 < float(ours.detach().min()) < float(ours.detach().max()) < 1.0
+
+
+def test_uniform_window_ssim_is_scikit_images_default() -> None:
+    """ssim(window="uniform") against skimage's structural_similarity with no options (the
+    measure bench/journal.py scores Fashion-MNIST with), on 8-bit images; and it has gradients."""
+    from skimage.metrics import structural_similarity
+
+    from latentspace.models.likelihood import ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 28, 31)).astype(np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-60, 60, a.shape), 0, 255).astype(np.uint8)
+    theirs = [structural_similarity(p, q, data_range=255) for p, q in zip(b, a, strict=True)]
+    noisy = torch.from_numpy(b[:, None] / 255.0).requires_grad_()
+    ours = ssim(noisy, torch.from_numpy(a[:, None] / 255.0), "uniform")
+    np.testing.assert_allclose(ours.detach().numpy(), theirs, rtol=1e-9)
+    assert len(set(np.round(theirs, 6))) == 3, "three different scores, not one repeated"
+    ours.sum().backward()
+    assert noisy.grad is not None and float(noisy.grad.abs().sum()) > 0
+    with pytest.raises(DataError, match="smaller than SSIM's 7x7 window"):
+        ssim(torch.rand(1, 1, 6, 20), torch.rand(1, 1, 6, 20), "uniform")
+    with pytest.raises(ConfigError, match="'box' is not one of: gaussian, uniform"):
+        ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), "box")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("model.distortion=psnr", "model.distortion = 'psnr' is not one of: mse, ssim, ms-ssim"),
+        ("model.ssim_window=box", "model.ssim_window = 'box' is not one of: gaussian, uniform"),
+        ("model.lambdas=0.01,0.02", "must decrease"),
+    ],
+)
+def test_codec_settings_are_refused_in_one_line(setting: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ls.apply_overrides(ls.default_config(CODEC, device="cpu"), [setting])
 
 
 def test_integer_tables_are_positive_and_sum_to_the_precision() -> None:

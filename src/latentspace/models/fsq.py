@@ -26,7 +26,7 @@ from latentspace.errors import ConfigError, DataError
 from latentspace.models.base import GenerativeModel, make_optimizer
 from latentspace.models.entropy import ChannelContextPrior, StepQuantiser
 from latentspace.models.layers import NetworkConfig
-from latentspace.models.likelihood import ms_ssim, ssim
+from latentspace.models.likelihood import SSIM_WINDOWS, ms_ssim, ssim
 from latentspace.models.spatial import (
     UPSAMPLES,
     check_factor,
@@ -68,6 +68,10 @@ class FSQConfig(NetworkConfig):
     # mse: squared error summed over pixels; ssim / ms-ssim: (1 - SSIM) x the image's values
     # (C x H x W), about 30x the squared error at a given quality: scale lambdas up to match
     distortion: str = "mse"
+    # the SSIM window of distortion = ssim (models.likelihood.ssim): "gaussian" (11x11, Wang et
+    # al. 2004's) or "uniform" (7x7, scikit-image's default, which bench/journal.py scores
+    # Fashion-MNIST with)
+    ssim_window: str = "gaussian"
 
     def validate(self) -> None:
         # the shared checks know mlp and conv; a spatial model uses neither's settings
@@ -101,6 +105,10 @@ class FSQConfig(NetworkConfig):
             raise ConfigError(
                 f"model.lambdas = {self.lambdas} must decrease: quality 1 (the first) spends "
                 "the fewest bytes, so it has the largest lambda"
+            )
+        if self.ssim_window not in SSIM_WINDOWS:
+            raise ConfigError(
+                f"model.ssim_window = {self.ssim_window!r} is not one of: {', '.join(SSIM_WINDOWS)}"
             )
         if self.distortion not in DISTORTIONS:
             raise ConfigError(
@@ -221,7 +229,10 @@ class FSQ(GenerativeModel):
         """(B,) per image: the squared error summed over pixels, or (1 - SSIM) x pixels."""
         if self.config.distortion == "mse":
             return (x_hat - x).pow(2).flatten(1).sum(1)
-        score = ssim(x_hat, x) if self.config.distortion == "ssim" else ms_ssim(x_hat, x)
+        if self.config.distortion == "ssim":
+            score = ssim(x_hat, x, self.config.ssim_window)
+        else:
+            score = ms_ssim(x_hat, x)
         return (1 - score) * x[0].numel()
 
     # ---- training ------------------------------------------------------------------------------

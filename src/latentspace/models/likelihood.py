@@ -29,6 +29,7 @@ from latentspace.errors import ConfigError, DataError
 __all__ = [
     "LIKELIHOODS",
     "MS_SSIM_WEIGHTS",
+    "SSIM_WINDOWS",
     "PixelLikelihood",
     "check_likelihood",
     "mean_image",
@@ -174,29 +175,55 @@ def ms_ssim_scales(height: int, width: int) -> int:
     return max((s for s in range(1, len(MS_SSIM_WEIGHTS) + 1) if fits(s)), default=0)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """SSIM per image (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5, data range 1):
-    (B, C, H, W) x 2 in [0, 1] -> (B,), averaged over channels and pixels. Differentiable.
+SSIM_WINDOWS = ("gaussian", "uniform")
+_UNIFORM = 7  # scikit-image's default window side
 
-    torchmetrics' formula (reflect padding, the whole image averaged), but the Gaussian window
-    applied as an 11x1 and a 1x11 convolution: torchmetrics convolves with the 11x11 window in one
-    grouped convolution whose backward took 61 of the 64 ms an SSIM cost on a batch of 32 28x28
-    images (one thread, forward and backward), more than the codec's networks; this takes 29 ms
-    under the same load. tests/test_journal.py checks values and gradients against
-    torchmetrics'."""
-    channels, pad = x.shape[1], _KERNEL // 2
-    offsets = torch.arange(_KERNEL, dtype=x.dtype, device=x.device) - pad
-    window = torch.exp(-((offsets / 1.5) ** 2) / 2)
-    window = window / window.sum()
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: str = "gaussian") -> torch.Tensor:
+    """SSIM per image (Wang et al. 2004), data range 1: (B, C, H, W) x 2 in [0, 1] -> (B,),
+    averaged over channels and pixels. Differentiable. Two windows, as the two usual tools
+    compute it:
+
+    - "gaussian": an 11x11 Gaussian window (sigma 1.5), the paper's; torchmetrics' formula
+      (reflect padding, the whole image averaged), but the window applied as an 11x1 and a 1x11
+      convolution: torchmetrics convolves with the 11x11 window in one grouped convolution whose
+      backward took 61 of the 64 ms an SSIM cost on a batch of 32 28x28 images (one thread,
+      forward and backward), more than the codec's networks; this takes 29 ms under the same load.
+    - "uniform": scikit-image's default (`structural_similarity` with no options): a 7x7 mean
+      window, sample (co)variances, averaged over the positions where the window fits inside the
+      image. On a 28x28 image that leaves out a 3-pixel border the Gaussian version counts.
+
+    tests/test_journal.py checks values and gradients against torchmetrics' and values against
+    scikit-image's."""
+    if window not in SSIM_WINDOWS:
+        raise ConfigError(f"SSIM window {window!r} is not one of: {', '.join(SSIM_WINDOWS)}")
     stacked = torch.cat([x, y, x * x, y * y, x * y])
-    blurred = F.pad(stacked, (pad, pad, pad, pad), mode="reflect")
-    blurred = F.conv2d(blurred, window.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-    blurred = F.conv2d(blurred, window.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    if window == "uniform":
+        if min(x.shape[-2:]) < _UNIFORM:
+            raise DataError(
+                f"a {x.shape[-2]}x{x.shape[-1]} image is smaller than SSIM's {_UNIFORM}x{_UNIFORM} "
+                "window; use larger images or the squared error"
+            )
+        blurred = F.avg_pool2d(stacked, _UNIFORM, stride=1)
+        unbiased = _UNIFORM**2 / (_UNIFORM**2 - 1)  # sample, not population, (co)variances
+    else:
+        channels, pad = x.shape[1], _KERNEL // 2
+        offsets = torch.arange(_KERNEL, dtype=x.dtype, device=x.device) - pad
+        taps = torch.exp(-((offsets / 1.5) ** 2) / 2)
+        taps = taps / taps.sum()
+        blurred = F.pad(stacked, (pad, pad, pad, pad), mode="reflect")
+        blurred = F.conv2d(
+            blurred, taps.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels
+        )
+        blurred = F.conv2d(
+            blurred, taps.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels
+        )
+        unbiased = 1.0
     mu_x, mu_y, xx, yy, xy = blurred.split(len(x))
     c1, c2 = 0.01**2, 0.03**2
-    var_x = (xx - mu_x**2).clamp(min=0.0)
-    var_y = (yy - mu_y**2).clamp(min=0.0)
-    covariance = xy - mu_x * mu_y
+    var_x = unbiased * (xx - mu_x**2).clamp(min=0.0)
+    var_y = unbiased * (yy - mu_y**2).clamp(min=0.0)
+    covariance = unbiased * (xy - mu_x * mu_y)
     score = ((2 * mu_x * mu_y + c1) * (2 * covariance + c2)) / (
         (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
     )
