@@ -187,7 +187,10 @@ def test_detect_on_recorded_numbers() -> None:
     keys = {f.key for f in detect(sick, history, 1e-3)}
     assert keys == {"loss_spike", "loss_rise", "vanishing"}
     gap = dict(healthy, val_loss=140.0, gap_relative=0.4)
-    assert [f.key for f in detect(gap, history, 1e-3)] == ["gap"]
+    (said,) = detect(gap, history, 1e-3)
+    assert said.key == "gap" and "its training images; train on more images" in said.text
+    (said,) = detect(dict(gap, val_unit="sentences"), history, 1e-3)
+    assert "its training sentences; train on more sentences" in said.text
     # a gap while the loss is rising is instability, not memorisation: only the rise is said
     rising = dict(healthy, train_loss=150.0, val_loss=200.0, gap_relative=0.33)
     assert [f.key for f in detect(rising, history, 1e-3)] == ["loss_rise"]

@@ -290,8 +290,9 @@ def test_commands_print_sentences(
 
     config = text_config(corpus, "sentence_vae")
     run = tmp_path / "run"
-    ls.train(config, run, quiet=True, report=False, diagnostics=False)
-    capsys.readouterr()
+    ls.train(config, run, quiet=False, report=False, diagnostics=False)
+    said = capsys.readouterr()
+    assert "sentences each, on cpu" in said.out + said.err
     assert main(["generate", str(run), "-n", "4", "--seed", "1"]) == 0
     generated = capsys.readouterr().out.splitlines()
     assert len(generated) == 4 and all(line.strip() for line in generated)

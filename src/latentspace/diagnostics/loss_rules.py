@@ -118,12 +118,13 @@ def loss_warnings(
     gap = entry.get("gap_relative")
     unstable = any(f.key in ("loss_spike", "loss_rise") for f in found)
     if _finite(gap) and gap > t.gap and not unstable:  # a gap from instability is not memory
+        examples = entry.get("val_unit", "images")
         found.append(
             Finding(
                 "gap",
                 f"validation loss {entry['val_loss']:.4g} is {gap:.0%} above training loss "
                 f"{train_loss:.4g} (train/validation gap): the model memorises its training "
-                "images; train on more images (--set data.limit=...) or a smaller model",
+                f"{examples}; train on more {examples} (--set data.limit=...) or a smaller model",
             )
         )
     return found

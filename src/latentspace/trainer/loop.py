@@ -183,6 +183,12 @@ class Trainer(Checkpointing):
             return images
         return images.to(self.device)
 
+    @property
+    def _examples(self) -> str:
+        """What the training data holds, in words: token ids are sentences, pixels images."""
+        ids = getattr(self.train_batches.images, "dtype", None) == torch.long
+        return "sentences" if ids else "images"
+
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
         """Train until train.epochs, early stopping, or a callback stops it. Returns the records."""
@@ -194,8 +200,8 @@ class Trainer(Checkpointing):
         if self.epoch < epochs and not self.stop_reason and not self.quiet:
             self.log(
                 f"training epochs {self.epoch + 1}-{epochs} of {epochs}, "
-                f"{len(self.train_batches)} batches of {self.train_config.batch_size} images "
-                f"each, on "
+                f"{len(self.train_batches)} batches of {self.train_config.batch_size} "
+                f"{self._examples} each, on "
                 + (
                     f"{self.world} processes ({self.trained_on['devices']})"
                     if self.world > 1
