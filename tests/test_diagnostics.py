@@ -191,6 +191,10 @@ def test_detect_on_recorded_numbers() -> None:
     assert said.key == "gap" and "its training images; train on more images" in said.text
     (said,) = detect(dict(gap, val_unit="sentences"), history, 1e-3)
     assert "its training sentences; train on more sentences" in said.text
+    saturated = {"decoder_rnn": {"saturated_fraction": 0.9, "activation": "tanh"}}
+    words = dict(healthy, val_unit="sentences", val_images=64, layers=saturated)
+    (said,) = detect(words, history, 1e-3)
+    assert said.key == "saturated:decoder_rnn" and "on 64 validation sentences" in said.text
     # a gap while the loss is rising is instability, not memorisation: only the rise is said
     rising = dict(healthy, train_loss=150.0, val_loss=200.0, gap_relative=0.33)
     assert [f.key for f in detect(rising, history, 1e-3)] == ["loss_rise"]

@@ -1,5 +1,5 @@
 """The rules that read the loss curves: a loss that blew up within an epoch, rose over one,
-or diverged above the untrained model's, and a model that overfits or memorises its images."""
+or diverged above the untrained model's, and a model that overfits or memorises its examples."""
 
 from __future__ import annotations
 
@@ -155,5 +155,5 @@ def _overfitting(
         f"{entry['val_best_epoch']}) for {since} epochs and is now {entry['val_loss']:.4g}, "
         f"{entry['val_loss'] / entry['val_best'] - 1:.1%} above it, while training loss fell to "
         f"{entry['train_loss']:.4g} (overfitting): stop early with --set train.patience="
-        f"{patience}, or train on more images",
+        f"{patience}, or train on more {entry.get('val_unit', 'images')}",
     )

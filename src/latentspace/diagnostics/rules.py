@@ -43,6 +43,7 @@ def _layer_warnings(entry: dict[str, Any], lr: float, t: Thresholds) -> list[Fin
     found = []
     layers: dict[str, dict[str, Any]] = entry.get("layers", {})
     images = entry.get("val_images", 0)
+    unit = entry.get("val_unit", "images")  # what the validation batch holds, in words
     for name, stats in layers.items():
         dead = stats.get("dead_fraction")
         # on few images, a unit silent on all of them may just be rare; a layer with no unit
@@ -52,7 +53,7 @@ def _layer_warnings(entry: dict[str, Any], lr: float, t: Thresholds) -> list[Fin
                 Finding(
                     f"dead_relu:{name}",
                     f"{_percent(dead)} of the ReLU units in {name} never fired on {images} "
-                    f"validation images (dead ReLU): lower the learning rate (now {lr:g}) or "
+                    f"validation {unit} (dead ReLU): lower the learning rate (now {lr:g}) or "
                     "try --activation leaky_relu",
                 )
             )
@@ -62,7 +63,7 @@ def _layer_warnings(entry: dict[str, Any], lr: float, t: Thresholds) -> list[Fin
                 Finding(
                     f"saturated:{name}",
                     f"{_percent(saturated)} of the {stats['activation']} outputs in {name} are "
-                    f"saturated (slope under 5% of its peak) on {images} validation images, so "
+                    f"saturated (slope under 5% of its peak) on {images} validation {unit}, so "
                     "little gradient passes through them: try --activation relu",
                 )
             )
