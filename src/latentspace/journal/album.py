@@ -44,7 +44,10 @@ _CAPABILITIES = (
     "quality_levels",
     "code_shape",
 )
-_CHUNK = 512  # images per network pass
+# images per network pass. Smaller passes stay in the CPU's caches: the Fashion-MNIST codec's
+# decoder on one thread (2048 images, the other core busy) ran 10-40% faster in passes of 64 to
+# 128 images than of 512 (width 64: about 1070 against 780 images/s; width 32: 2840 against 2110)
+_CHUNK = 128
 
 
 @dataclasses.dataclass(frozen=True)
