@@ -327,6 +327,14 @@ def test_commands_print_sentences(
     record = json.loads(capsys.readouterr().out)
     assert {"nll", "perplexity", "kl", "active_units", "mutual_information", "bleu"} <= set(record)
     assert record["token_accuracy"] >= 0 and record["perplexity"] > 1
+    # --split: the training sentences, then the validation ones, are other sentences
+    for split in ("train", "val"):
+        assert main(["evaluate", str(run), "--nll-samples", "1", "--json", "--split", split]) == 0
+        other = json.loads(capsys.readouterr().out)
+        assert f"(the run's {split} sentences)" in other["data"] and other["split"] == split
+        assert other["sentences"] != record["sentences"] or split == "val"
+    assert main(["evaluate", str(run), "--split", "dev"]) == 1
+    assert "--split 'dev' is not one of: test, val, train" in capsys.readouterr().err
     assert main(["info", str(run)]) == 0
     assert "characters>" in capsys.readouterr().out  # the tokenizer's JSON is not printed
     assert (

@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch
 from latentspace.analysis import latent
 from latentspace.analysis.text_evaluate import collapse_verdict, evaluate_text, token_accuracy
 from latentspace.data import held_out
-from latentspace.data.text import is_text, load_text, prepare_text
+from latentspace.data.text import TextSet, is_text, load_text, prepare_text
 from latentspace.data.text_corpus import CORPORA
 from latentspace.errors import ConfigError, DataError
 from latentspace.runs import (
@@ -194,10 +194,8 @@ def evaluate(args: argparse.Namespace, run: Run) -> int:
     check_writable(run.path / "metrics.jsonl")
     with lock_run(run.path, "evaluate"):
         pass
-    chosen = held_out(run.config)
-    if chosen.images is None:
-        raise DataError(f"{run.path} has no held-out sentences (data.val_fraction = 0)")
-    ids = chosen.images.images[: args.limit or None]
+    ids, name = _evaluation_sentences(run, args.split)
+    ids = ids[: args.limit or None]
     start = time.perf_counter()
     samples = 100 if args.nll_samples is None else max(1, args.nll_samples)
     result = evaluate_text(
@@ -205,7 +203,8 @@ def evaluate(args: argparse.Namespace, run: Run) -> int:
     )
     record: dict[str, Any] = {
         "kind": "evaluation",
-        "data": f"{len(ids)} sentences of {chosen.name}",
+        "data": f"{len(ids)} sentences of {name}",
+        "split": args.split,
         **result,
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -216,6 +215,26 @@ def evaluate(args: argparse.Namespace, run: Run) -> int:
     for line in describe(record, getattr(_text_model(run), "collapse_advice", "")):
         print(line)
     return 0
+
+
+def _evaluation_sentences(run: Run, split: str) -> tuple[torch.Tensor, str]:
+    """(token ids, what they are) of `split`: test (a named corpus's test split, else the run's
+    held-out sentences, as `held_out` chooses), val (the run's validation sentences) or train."""
+    if split == "test":
+        chosen = held_out(run.config)
+        if chosen.images is None:
+            raise DataError(f"{run.path} has no held-out sentences (data.val_fraction = 0)")
+        return cast(TextSet, chosen.images).ids, chosen.name
+    if split not in ("val", "train"):
+        raise ConfigError(f"--split {split!r} is not one of: test, val, train")
+    train, val = prepare_text(run.config)
+    chosen_set = train if split == "train" else val
+    if chosen_set is None:
+        raise DataError(f"{run.path} was trained without validation sentences; use --split train")
+    # a named corpus's splits are named (fortunes:valid); a file's two parts share its path
+    source = chosen_set.source
+    same = source == run.config.data.dataset
+    return chosen_set.ids, f"{source} (the run's {split} sentences)" if same else source
 
 
 def describe(r: dict[str, Any], advice: str = "") -> list[str]:
