@@ -37,7 +37,7 @@ import torch
 
 from latentspace._version import __version__
 from latentspace.config import Config, config_to_dict
-from latentspace.errors import LatentspaceError, RunError
+from latentspace.errors import ConfigError, LatentspaceError, RunError
 from latentspace.models import GenerativeModel, build_model
 from latentspace.run_config import FORMAT_VERSION, config_from_document, is_whole
 from latentspace.run_files import (
@@ -72,6 +72,7 @@ __all__ = [
     "committed_epoch",
     "file_sha256",
     "foreign_files",
+    "initialise_from",
     "load_best",
     "load_model",
     "lock_run",
@@ -334,9 +335,14 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], int]:
 
 
 def _load_tensors(
-    path: Path, run_dir: Path, model: GenerativeModel, tensors: dict[str, torch.Tensor]
+    path: Path,
+    run_dir: Path,
+    model: GenerativeModel,
+    tensors: dict[str, torch.Tensor],
+    against: str = "",
 ) -> None:
-    """Load `tensors` (read from `path`) into `model`, checking names, shapes and values."""
+    """Load `tensors` (read from `path`) into `model`, checking names, shapes and values;
+    `against`: what the model was built from, as a mismatch names it (the run's config.json)."""
     if not isinstance(tensors, dict) or not all(
         isinstance(v, torch.Tensor) for v in tensors.values()
     ):
@@ -357,7 +363,7 @@ def _load_tensors(
             else f"{wrong[0]} has shape {tuple(tensors[wrong[0]].shape)}, "
             f"config says {tuple(expected[wrong[0]].shape)}"
         )
-        raise RunError(f"{path} does not match {run_dir / CONFIG}: {detail}")
+        raise RunError(f"{path} does not match {against or run_dir / CONFIG}: {detail}")
     # NaN weights make every output NaN (metrics appended, pictures written): refuse them here,
     # where every command that uses a run loads it, rather than warn in a stream of results
     for key, value in tensors.items():
@@ -367,6 +373,26 @@ def _load_tensors(
                 "(the run diverged or the file was damaged): train it again"
             )
     model.load_state_dict(tensors)
+
+
+def initialise_from(source: str | Path, model: GenerativeModel) -> dict[str, Any]:
+    """Load the weights of the run `source` into `model`, a new run's model built from its own
+    settings (fine-tuning: other data, another loss, a new learning rate). The family and every
+    tensor's name and shape must match; the optimizer and the schedule start afresh. Returns
+    what the new run's config.json records about where it started."""
+    source = Path(source)
+    saved, _, _ = read_run_config(source)
+    if saved.model.name != model.name:
+        raise ConfigError(
+            f"--init {source} is a {saved.model.name!r} run and this run trains a {model.name!r} "
+            "model: start from a run of the same family"
+        )
+    path = source / WEIGHTS
+    tensors, epoch = _read_weights(path)
+    _load_tensors(
+        path, source, model, tensors, against="this run's settings (--init needs the same networks)"
+    )
+    return {"run": str(source.resolve()), "weights_sha256": file_sha256(path), "epoch": epoch}
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:

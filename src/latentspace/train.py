@@ -44,6 +44,7 @@ def train(
     encoder: nn.Module | None = None,
     decoder: nn.Module | None = None,
     resume: bool = False,
+    init: str | Path | None = None,
     callbacks: Sequence[object] = (),
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
@@ -58,10 +59,18 @@ def train(
     resume=True continues the run in `out` from its last completed epoch (its own config is used,
     with `config.train.epochs` as the new target and `config.train.max_minutes` as its time limit;
     its networks are built from that config).
+    init: a run whose weights a new run starts from (fine-tuning: other data, another loss, new
+    training settings; the same family and networks, see `runs.initialise_from`); config.json
+    records it under `initialised_from`.
     diagnostics=True adds the sampled gradient and activation measurements of
     `latentspace.diagnostics` (diagnostics.jsonl, plain warnings)."""
     networks = {k: v for k, v in (("encoder", encoder), ("decoder", decoder)) if v is not None}
     run_dir = Path(out)
+    if init is not None and (resume or networks):
+        raise ConfigError(
+            "init starts a new run from another run's weights: not with resume (a resumed run "
+            "continues its own), nor with encoder= / decoder= (networks with their own weights)"
+        )
     if resume and networks:
         raise ConfigError(
             f"resume=True builds the networks from {run_dir / runs.CONFIG} and loads their "
@@ -85,7 +94,7 @@ def train(
             lambda: _claim(run_dir, config.data.dataset, resume, held), f"claimed {run_dir}"
         )
         try:
-            trainer = _prepare(config, run_dir, networks, resume, callbacks, quiet, log)
+            trainer = _prepare(config, run_dir, networks, resume, callbacks, quiet, log, init)
             trainer.fit()
         except BaseException:
             if created:  # stopped before writing anything: leave no folder behind
@@ -95,6 +104,18 @@ def train(
                         run_dir.rmdir()
             raise
     return runs.open_run(run_dir)
+
+
+def _with_vocabulary_of(init: str | Path, config: Config) -> Config:
+    """A text run started from `init` reads its token ids with init's tokenizer (its embedding
+    rows are those ids), unless the config names one of its own."""
+    saved, _, _ = runs.read_run_config(init)
+    vocabulary = getattr(saved.model, "tokenizer", "")
+    if vocabulary and hasattr(config.model, "tokenizer") and not config.model.tokenizer:
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, tokenizer=vocabulary)
+        )
+    return config
 
 
 def _claim(run_dir: Path, dataset: str, resume: bool, held: contextlib.ExitStack) -> bool:
@@ -123,11 +144,15 @@ def _prepare(
     callbacks: Sequence[object],
     quiet: bool,
     log: Callable[[str], None] | None,
+    init: str | Path | None = None,
 ) -> Trainer:
-    """The trainer of a new run (config.json written), or of a resumed one at its last commit."""
+    """The trainer of a new run (config.json written; from `init`'s weights when given), or of a
+    resumed one at its last commit."""
     if resume:
         saved, image_shape, _ = runs.read_run_config(run_dir)
         config = dataclasses.replace(saved, train=settings.resumed_train(saved.train, config.train))
+    if init is not None:
+        config = _with_vocabulary_of(init, config)
     torch.manual_seed(config.train.seed)
     # rank 0 reads the dataset first (a folder's cache is then built once), then the others
     data = distributed.agree(lambda: prepare_data(config), "read the dataset")
@@ -147,6 +172,8 @@ def _prepare(
         "train_images": len(train_set),
         "val_images": len(val_set) if val_set is not None else 0,
     }
+    if init is not None:
+        extra["initialised_from"] = runs.initialise_from(init, model)
     trainer = Trainer(
         model, train_set, val_set, config, run_dir, callbacks=callbacks, quiet=quiet, log=log
     )

@@ -109,6 +109,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="continue an interrupted run (only --epochs may change)",
     )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        metavar="RUN",
+        help="start a new run from RUN's weights (fine-tuning: same family and networks; "
+        "data, loss and training settings may differ)",
+    )
     add_config_flags(parser)
     parser.add_argument(
         "--strict", action="store_true", help="image folders: unreadable files are an error"
@@ -190,6 +197,8 @@ def _run_train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a run in place: leave out --out")
         kept = settings.RESUMABLE_TRAIN_SETTINGS
         changed = [f for f in FLAGS if f not in kept and getattr(args, f, None) is not None]
+        if args.init is not None:
+            raise ConfigError("--init starts a new run; --resume continues one: give one of them")
         if changed or args.overrides or args.config:
             allowed = " and ".join(f"--{f.replace('_', '-')}" for f in kept)
             raise ConfigError(
@@ -219,6 +228,7 @@ def _run_train(args: argparse.Namespace) -> int:
             args,
             config,
             args.out,
+            init=args.init,
             quiet=args.quiet,
             diagnostics=not args.no_diagnostics,
             report=report,
