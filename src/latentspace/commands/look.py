@@ -42,10 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--nll-samples",
         type=int,
         metavar="K",
-        help="VAE: importance samples per image for the NLL (default 1000; 0 skips it)",
+        help="VAE: importance samples per image for the NLL (default 1000; 0 skips it); "
+        "sentence VAE: per sentence (default 100)",
     )
-    p.add_argument("--limit", type=int, help="evaluate only the first N images")
-    p.add_argument("--batch-size", type=int, default=100, help="images per batch (default 100)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images (or sentences)")
+    p.add_argument(
+        "--batch-size", type=int, default=100, help="images (or sentences) per batch (default 100)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the importance samples")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
