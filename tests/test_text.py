@@ -432,3 +432,19 @@ def test_text_batches_shard_each_global_batch_by_rank() -> None:
     for i, batch in enumerate(whole):
         assert [row for part in parts for row in part[i]] == batch
     assert sorted(row for batch in whole for row in batch) == list(range(23))
+
+
+def test_a_text_run_started_from_another_keeps_its_vocabulary(tmp_path: Path, corpus: Path) -> None:
+    """--init on other sentences: the new run reads them with the first run's tokenizer (a
+    tokenizer trained on them would number the tokens otherwise), and starts from its weights."""
+    first = ls.train(text_config(corpus, "lm", "train.epochs=1"), tmp_path / "first", quiet=True)
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(f"zebra {i} quietly crossed the road." for i in range(40)) + "\n")
+    config = text_config(other, "lm", "train.epochs=1", "train.lr=1e-12")
+    fine = ls.train(config, tmp_path / "fine", init=first.path, quiet=True, report=False)
+    assert fine.config.model.tokenizer == first.config.model.tokenizer  # type: ignore[attr-defined]
+    torch.testing.assert_close(
+        fine.model.embedding.weight, first.model.embedding.weight, rtol=0, atol=1e-9
+    )
+    alone = ls.train(config, tmp_path / "alone", quiet=True, report=False)
+    assert alone.config.model.tokenizer != first.config.model.tokenizer  # type: ignore[attr-defined]
