@@ -437,7 +437,9 @@ def test_text_batches_shard_each_global_batch_by_rank() -> None:
 def test_a_text_run_started_from_another_keeps_its_vocabulary(tmp_path: Path, corpus: Path) -> None:
     """--init on other sentences: the new run reads them with the first run's tokenizer (a
     tokenizer trained on them would number the tokens otherwise), and starts from its weights."""
-    first = ls.train(text_config(corpus, "lm", "train.epochs=1"), tmp_path / "first", quiet=True)
+    first = ls.train(
+        text_config(corpus, "lm", "train.epochs=1"), tmp_path / "first", quiet=True, report=False
+    )
     other = tmp_path / "other.txt"
     other.write_text("\n".join(f"zebra {i} quietly crossed the road." for i in range(40)) + "\n")
     config = text_config(other, "lm", "train.epochs=1", "train.lr=1e-12")
