@@ -59,7 +59,7 @@ TARGET_SSIM = 0.90
 # the codec trained by the full bench: a 7x7 map of 3 channels for 28x28 images, five rates,
 # trained on the SSIM it is scored with (scikit-image's 7x7 uniform window). docs/journal.md
 # records how each choice moved the curve: SSIM instead of squared error, about +0.016 SSIM at
-# the same bytes; the uniform window instead of the Gaussian, +0.003 to +0.004 in a fine-tune;
+# the same bytes; the uniform window instead of the Gaussian, +0.003 to +0.005 in a fine-tune;
 # width 64 and a fifth level that spends more bytes (lambda 0.02), for the top of the curve
 FULL = [
     "model.latent_dim=3",
