@@ -25,7 +25,9 @@ def test_a_new_run_starts_from_the_weights_of_the_run_it_names(
     # other training settings and another regulariser: a step at lr 1e-12 moves no weight by
     # more than ~1e-12, so the new run's weights are the old run's
     config = ls.apply_overrides(tiny_config, ["train.lr=1e-12", "train.epochs=1", "train.l2=0.1"])
-    fine = ls.train(config, tmp_path / "fine", init=tiny_run, quiet=True, report=False)
+    said: list[str] = []
+    fine = ls.train(config, tmp_path / "fine", init=tiny_run, log=said.append, report=False)
+    assert said[0] == f"starting from the weights of {tiny_run} (its epoch 2)"
     before, after = _weights(tiny_run), _weights(fine.path)
     assert before.keys() == after.keys()
     for key, value in before.items():

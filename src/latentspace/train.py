@@ -177,6 +177,9 @@ def _prepare(
     trainer = Trainer(
         model, train_set, val_set, config, run_dir, callbacks=callbacks, quiet=quiet, log=log
     )
+    if init is not None and not trainer.quiet:
+        start = extra["initialised_from"]
+        trainer.log(f"starting from the weights of {init} (its epoch {start['epoch']})")
     state = runs.read_trainer_state(run_dir, trainer.model) if resume else None
     if state is not None:  # None: killed before its first commit, so it starts from epoch 0
         trainer.load_state_dict(state)
