@@ -90,25 +90,44 @@ def _one_line(capsys: pytest.CaptureFixture[str], *parts: str) -> str:
 
 
 # ---- the model's side: rate, tables ---------------------------------------------------------------
-@pytest.mark.parametrize("context", [0, 1, 2])
-def test_rate_is_the_code_length_under_the_prior_and_reaches_the_encoder(context: int) -> None:
+def _above(plane: torch.Tensor | np.ndarray, y: int, x: int, levels: int) -> int:
+    """The oracle's own index of the up-left, up and up-right symbols (1 + symbol, 0 outside)."""
+    width = plane.shape[1]
+    digits = [
+        int(plane[y - 1, b]) + 1 if y >= 1 and 0 <= b < width else 0 for b in (x - 1, x, x + 1)
+    ]
+    return digits[0] + (levels + 1) * digits[1] + (levels + 1) ** 2 * digits[2]
+
+
+@pytest.mark.parametrize(
+    ("context", "spatial"),
+    [(0, "none"), (1, "none"), (2, "none"), (0, "above"), (2, "above")],
+)
+def test_rate_is_the_code_length_under_the_prior_and_reaches_the_encoder(
+    context: int, spatial: str
+) -> None:
     """Oracle: the rate is -sum log2 p(symbol | context) under torch.distributions.Categorical,
     the context of channel c's symbol at a position being the symbols of the channels before it
-    there; its gradient reaches the continuous coordinates (the encoder) and the logits."""
+    there and, with the row above, the up-left, up and up-right symbols in channel c; its gradient reaches the continuous coordinates (the
+    encoder) and the logits."""
     torch.manual_seed(0)
     levels = 5
-    prior = ChannelContextPrior(qualities=2, channels=3, levels=levels, context=context)
+    prior = ChannelContextPrior(
+        qualities=2, channels=3, levels=levels, context=context, spatial=spatial
+    )
     with torch.no_grad():
         prior.logits.normal_()
-    coordinate = (torch.rand(4, 3, 2, 2) * (levels - 1)).requires_grad_()
+    coordinate = (torch.rand(4, 3, 3, 4) * (levels - 1)).requires_grad_()
     symbols = coordinate.detach().round().long()
     quality = torch.tensor([0, 1, 0, 1])
     rate = prior.rate(coordinate, symbols, quality)
     expected = torch.zeros(4)
     for i, q in enumerate(quality.tolist()):
-        for c, y, x in itertools.product(range(3), range(2), range(2)):
+        for c, y, x in itertools.product(range(3), range(3), range(4)):
             previous = [int(symbols[i, c - j, y, x]) for j in range(1, context + 1) if c >= j]
             row = sum(s * levels**power for power, s in enumerate(previous))
+            if spatial == "above":
+                row += levels**context * _above(symbols[i, c], y, x, levels)
             logits = prior.logits[q, c, row]
             log_p = torch.distributions.Categorical(logits=logits).log_prob(symbols[i, c, y, x])
             expected[i] -= log_p / math.log(2)
@@ -177,6 +196,31 @@ def test_a_run_saved_before_upsample_existed_loads_with_the_decoder_it_trained(
         loaded.model.state_dict().items(), run.model.state_dict().values(), strict=True
     ):
         assert torch.equal(value, saved), name
+
+
+def test_a_run_saved_before_the_row_above_context_existed_still_decodes_its_albums(
+    tmp_path: Path,
+) -> None:
+    """Such a run coded with two channels of context and no spatial one: it loads with those,
+    and an album it made before decodes to the same pixels."""
+    np.savez(tmp_path / "tiny.npz", images=make_images(8, size=16))
+    config = ls.default_config(CODEC, dataset=str(tmp_path / "tiny.npz"), epochs=1, device="cpu")
+    config = ls.apply_overrides(
+        config, ["model.width=8", "model.context=2", "model.spatial_context=none"]
+    )
+    run = ls.train(config, tmp_path / "run", quiet=True, report=False, diagnostics=False)
+    images = [torch.from_numpy(i)[None] for i in make_images(3, size=16, seed=2)]
+    weights = weights_sha256(tmp_path / "run")
+    album = encode_album(run.model, images, 2, weights=weights)
+    before = decode_album(album, run.model, weights=weights, name="album").images
+    path = tmp_path / "run" / "config.json"
+    document = json.loads(path.read_text())
+    del document["config"]["model"]["spatial_context"]  # as written before the setting existed
+    path.write_text(json.dumps(document))
+    loaded = ls.open_run(tmp_path / "run")
+    assert loaded.model.spatial_context == "none" and loaded.model.context_channels == 2
+    after = decode_album(album, loaded.model, weights=weights, name="album").images
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 def test_the_overshoot_pulls_only_saturated_codes_back() -> None:
@@ -257,6 +301,8 @@ def test_uniform_window_ssim_is_scikit_images_default() -> None:
         ("model.distortion=psnr", "model.distortion = 'psnr' is not one of: mse, ssim, ms-ssim"),
         ("model.ssim_window=box", "model.ssim_window = 'box' is not one of: gaussian, uniform"),
         ("model.lambdas=0.01,0.02", "must decrease"),
+        ("model.spatial_context=left", "model.spatial_context = 'left' is not one of: above, none"),
+        ("model.context=2", "makes 81000 contexts: give context 0 to 3 and at most 10000"),
     ],
 )
 def test_codec_settings_are_refused_in_one_line(setting: str, message: str) -> None:
@@ -286,12 +332,69 @@ def test_payload_is_close_to_the_ideal_code_length(codec_run: Path) -> None:
     table = model.frequency_table(2)  # (C, contexts, A)
     channels, levels = table.shape[0], table.shape[-1]
     symbols = np.random.default_rng(0).integers(0, levels, size=(channels, 5, 7))
-    coder = SymbolCoder(table, model.context_channels)
+    assert model.spatial_context == "above", "the default codes with its neighbours"
+    coder = SymbolCoder(table, model.context_channels, model.spatial_context)
     payload = coder.encode(symbols)
     contexts = model.prior.contexts(torch.from_numpy(symbols)[None])[0].numpy()
     ideal = -np.log2(table[np.arange(channels)[:, None, None], contexts, symbols] / 2**PRECISION)
     assert len(payload) * 8 <= ideal.sum() + 40, "ANS costs at most about a word over the ideal"
     assert np.array_equal(coder.decode(payload, symbols.shape), symbols)
+
+
+@pytest.mark.parametrize("spatial", ["none", "above"])
+@pytest.mark.parametrize("shape", [(3, 1, 1), (3, 1, 5), (2, 4, 3), (3, 5, 7)])
+def test_the_coder_codes_each_symbol_in_its_context(
+    spatial: str, shape: tuple[int, int, int]
+) -> None:
+    """Oracle: with peaked tables (each context's row favours its own symbol), symbols drawn
+    position by position from the row of their context (computed here by hand) code to within
+    a word of -sum log2 p, and decode back, alone and among other images. A coder that reads
+    another row for some symbols pays bits for them, one that decodes in another order than it
+    encodes gives other symbols."""
+    rng = np.random.default_rng(7)
+    levels, context = 5, 1
+    rows = levels**context * ((levels + 1) ** 3 if spatial == "above" else 1)
+    table = rng.integers(1, 40, size=(shape[0], rows, levels))
+    # about 0.6 on the favoured symbol: peaked enough that a wrong row costs bits, and not so
+    # peaked that symbols decoded in the wrong order would come out right all the same
+    table[:, np.arange(rows), rng.integers(0, levels, size=rows)] += 150
+    table = (table * 2**PRECISION) // table.sum(-1, keepdims=True)
+    table[..., 0] += 2**PRECISION - table.sum(-1)
+    probabilities = table / 2**PRECISION
+    coder = SymbolCoder(table, context, spatial)
+    maps, payloads = [], []
+    for _ in range(3):
+        symbols = np.zeros(shape, dtype=np.int64)
+        ideal = 0.0
+        for c, y, x in itertools.product(*map(range, shape)):
+            row = int(symbols[c - 1, y, x]) if c >= 1 else 0
+            if spatial == "above":
+                row += levels * _above(symbols[c], y, x, levels)
+            symbols[c, y, x] = rng.choice(levels, p=probabilities[c, row])
+            ideal -= math.log2(probabilities[c, row, symbols[c, y, x]])
+        payload = coder.encode(symbols)
+        assert len(payload) * 8 <= ideal + 40
+        decoded = coder.decode(payload, shape)
+        assert decoded is not None and np.array_equal(decoded, symbols)
+        maps.append(symbols)
+        payloads.append(payload)
+    assert coder.encode_many(np.stack(maps)) == payloads
+    together = coder.decode_many([payloads[0], payloads[1][:-1] + b"\xff", payloads[2]], shape)
+    assert np.array_equal(together[0], maps[0]) and np.array_equal(together[2], maps[2])
+    assert together[1] is None or not np.array_equal(together[1], maps[1])
+
+
+def test_the_row_above_context_needs_its_spatial_setting_to_decode() -> None:
+    """The same payload read without the neighbours' context does not give the symbols back:
+    the album must take the setting from the model, not a default."""
+    rng = np.random.default_rng(3)
+    table = rng.integers(1, 2**10, size=(2, 5 * 6**3, 5))
+    table = (table * 2**PRECISION) // table.sum(-1, keepdims=True)
+    table[..., 0] += 2**PRECISION - table.sum(-1)
+    symbols = rng.integers(0, 5, size=(2, 6, 6))
+    payload = SymbolCoder(table, 1, "above").encode(symbols)
+    other = SymbolCoder(table[:, :5], 1, "none").decode(payload, symbols.shape)
+    assert other is None or not np.array_equal(other, symbols)
 
 
 # ---- round trips -------------------------------------------------------------------------------

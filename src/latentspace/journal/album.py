@@ -41,6 +41,7 @@ _CAPABILITIES = (
     "from_symbols",
     "frequency_table",
     "context_channels",
+    "spatial_context",
     "quality_levels",
     "code_shape",
 )
@@ -108,15 +109,17 @@ def encode_album(
     """images: (C, H, W) uint8 each, any size the model codes -> the album's bytes."""
     for image in images:
         model.check_size(image.shape[1], image.shape[2])
-    coder = SymbolCoder(model.frequency_table(quality), model.context_channels)
+    coder = SymbolCoder(
+        model.frequency_table(quality), model.context_channels, model.spatial_context
+    )
     payloads: list[bytes] = [b""] * len(images)
     for members in _by_size([(i.shape[1], i.shape[2]) for i in images]).values():
         for start in range(0, len(members), _CHUNK):
             chosen = members[start : start + _CHUNK]
             x = torch.stack([images[i] for i in chosen]).float() / 255
             symbols = model.to_symbols(x, quality).cpu().numpy()
-            for i, code in zip(chosen, symbols, strict=True):
-                payloads[i] = coder.encode(code)
+            for i, payload in zip(chosen, coder.encode_many(symbols), strict=True):
+                payloads[i] = payload
     labels = list(names) if names is not None else [""] * len(images)
     entries = [
         Entry(int(i.shape[1]), int(i.shape[2]), label, payload)
@@ -124,6 +127,10 @@ def encode_album(
     ]
     channels = int(images[0].shape[0]) if images else int(model.image_shape[0])
     return pack(Album(weights, quality, channels, run_path, entries))
+
+
+def _who(i: int, name: str) -> str:
+    return f"image {i + 1}" + (f" ({name})" if name else "")
 
 
 def _check_header(album: Album, model: Any, weights: str, name: str, run: str) -> None:
@@ -144,23 +151,32 @@ def decode_album(
     other image is decoded."""
     album = unpack(data, name)
     _check_header(album, model, weights, name, run)
-    coder = SymbolCoder(model.frequency_table(album.quality), model.context_channels)
+    coder = SymbolCoder(
+        model.frequency_table(album.quality), model.context_channels, model.spatial_context
+    )
     problems = album.problems
     codes: dict[int, np.ndarray] = {}
+    readable: list[int] = []
     for i, entry in enumerate(album.entries):
         if i in problems:
             continue
-        who = f"image {i + 1}" + (f" ({entry.name})" if entry.name else "")
         try:
             model.check_size(entry.height, entry.width)
         except DataError as error:
-            problems[i] = f"{who}: {error}"
+            problems[i] = f"{_who(i, entry.name)}: {error}"
             continue
-        symbols = coder.decode(entry.payload, model.code_shape(entry.height, entry.width))
-        if symbols is None:
-            problems[i] = f"{who} is damaged (its code does not decode)"
-        else:
-            codes[i] = symbols
+        readable.append(i)
+    entries = album.entries
+    for size, members in _by_size(
+        [(entries[i].height, entries[i].width) for i in readable]
+    ).items():
+        indices = [readable[k] for k in members]
+        symbols = coder.decode_many([entries[i].payload for i in indices], model.code_shape(*size))
+        for i, code in zip(indices, symbols, strict=True):
+            if code is None:
+                problems[i] = f"{_who(i, entries[i].name)} is damaged (its code does not decode)"
+            else:
+                codes[i] = code
     images: list[np.ndarray | None] = [None] * len(album.entries)
     sizes = [(e.height, e.width) for e in album.entries]
     decodable = list(codes)

@@ -9,10 +9,12 @@ saves 1.5 bytes an image on average, a lot on a 20-byte image.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from latentspace.errors import ConfigError
-from latentspace.models.entropy import context_index
+from latentspace.models.entropy import channel_contexts
 
 __all__ = ["SymbolCoder"]
 
@@ -29,57 +31,113 @@ def _constriction() -> object:
 
 
 class SymbolCoder:
-    """Codes symbol maps (C, h, w), channel by channel, each symbol with the categorical model
-    of its channel and context (the symbols of up to `context` channels before it at the same
-    position: models.entropy.context_index).
+    """Codes symbol maps (C, h, w) row by row with the row-above context (else all rows at
+    once) and channel by channel when channels are context (else all at once), each symbol with the categorical model of its channel and context
+    (models.entropy.channel_contexts: the symbols of up to `context` channels before it at the
+    same position, and with `spatial` = "above" the three above it in its channel).
 
     frequencies: (C, contexts, A) integers, each >= 1, every row with the same power-of-two sum.
     The models get those frequencies divided by their sum: exact in float64, and constriction
     turns them into its own fixed-point table by a deterministic computation, so every process
-    that reads the same table codes the same bits."""
+    that reads the same table codes the same bits.
 
-    def __init__(self, frequencies: np.ndarray, context: int) -> None:
+    Many images are coded together: each keeps its own stream (a damaged image never takes the
+    others with it), but the contexts of a row of all of them are computed in one numpy call,
+    and only the coder's calls are made image by image."""
+
+    def __init__(self, frequencies: np.ndarray, context: int, spatial: str = "none") -> None:
         constriction = _constriction()
         self._stream = constriction.stream  # type: ignore[attr-defined]
         table = np.asarray(frequencies, dtype=np.float64)
         self.probabilities = table / table.sum(axis=-1, keepdims=True)
-        self.levels, self.context = table.shape[-1], context
+        self.levels, self.context, self.spatial = table.shape[-1], context, spatial
         self.family = self._stream.model.Categorical(perfect=False)
 
-    def _rows(self, channel: int, planes: list[np.ndarray], n: int) -> np.ndarray:
-        """(n, A) probabilities of channel `channel`'s n symbols, given the planes before it."""
-        previous = [planes[channel - j] for j in range(1, self.context + 1) if channel - j >= 0]
-        where = np.broadcast_to(context_index(previous, self.levels), (n,))
-        return np.ascontiguousarray(self.probabilities[channel][where])
+    def _contexts(self, planes: np.ndarray, channel: int) -> np.ndarray:
+        """planes (N, C, h, w) -> the contexts (N, h, w) of channel `channel`'s symbols (read
+        from the channels before it and its rows above)."""
+        previous = [planes[:, channel - j] for j in range(1, self.context + 1) if channel >= j]
+        return channel_contexts(
+            previous, planes[:, channel], self.levels, self.context, self.spatial
+        )
+
+    def _phases(self, channels: int, height: int) -> list[tuple[list[int], slice]]:
+        """The decoding order: (channels, rows) whose symbols are decoded in one call, each
+        reading only symbols decoded before it. Rows one at a time with the row above as
+        context; channels one at a time when a channel's context is the channels before it."""
+        rows = (
+            [slice(r, r + 1) for r in range(height)] if self.spatial == "above" else [slice(None)]
+        )
+        groups = [list(range(channels))] if self.context == 0 else [[c] for c in range(channels)]
+        return [(group, row) for row in rows for group in groups]
+
+    def _order(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """The flat positions of a (C, h, w) map in decoding order."""
+        flat = np.arange(int(np.prod(shape))).reshape(shape)
+        return np.concatenate([flat[group, row].ravel() for group, row in self._phases(*shape[:2])])
+
+    def encode_many(self, symbols: np.ndarray) -> list[bytes]:
+        """symbols (N, C, h, w) ints in [0, A) -> N payloads."""
+        planes = np.asarray(symbols, dtype=np.int64)
+        # every context is known when encoding: one table row per symbol, then all of an
+        # image's symbols pushed at once, in decoding order
+        rows = np.stack(
+            [self.probabilities[c][self._contexts(planes, c)] for c in range(planes.shape[1])],
+            axis=1,
+        ).reshape(len(planes), -1, self.levels)  # (N, C*h*w, A)
+        order = self._order(planes.shape[1:])
+        values = np.ascontiguousarray(planes.reshape(len(planes), -1)[:, order], dtype=np.int32)
+        probabilities = np.ascontiguousarray(rows[:, order])
+        payloads = []
+        for i in range(len(planes)):
+            coder = self._stream.stack.AnsCoder()
+            coder.encode_reverse(values[i], self.family, probabilities[i])
+            words = np.asarray(coder.get_compressed(), dtype="<u4").tobytes()
+            trimmed = len(words)
+            while trimmed > len(words) - 3 and trimmed > 0 and words[trimmed - 1] == 0:
+                trimmed -= 1  # the head's high zero bytes; never a whole word
+            payloads.append(words[:trimmed])
+        return payloads
 
     def encode(self, symbols: np.ndarray) -> bytes:
         """symbols (C, h, w) ints in [0, A) -> the payload."""
-        planes = [np.ascontiguousarray(p.ravel(), dtype=np.int32) for p in symbols]
-        coder = self._stream.stack.AnsCoder()
-        # a stack: the last channel is pushed first so that decoding pops channel 0 first
-        for channel in reversed(range(len(planes))):
-            rows = self._rows(channel, planes, len(planes[channel]))
-            coder.encode_reverse(planes[channel], self.family, rows)
-        words = np.asarray(coder.get_compressed(), dtype="<u4").tobytes()
-        trimmed = len(words)
-        while trimmed > len(words) - 3 and trimmed > 0 and words[trimmed - 1] == 0:
-            trimmed -= 1  # the head's high zero bytes; never a whole word
-        return words[:trimmed]
+        return self.encode_many(np.asarray(symbols)[None])[0]
+
+    def decode_many(
+        self, payloads: list[bytes], shape: tuple[int, int, int]
+    ) -> list[np.ndarray | None]:
+        """Each payload's symbols (C, h, w) int64, or None for one that does not decode to
+        exactly that many symbols (a damaged payload whose checksum happened to match)."""
+        coders: list[Any] = []
+        for payload in payloads:
+            padded = payload + b"\0" * (-len(payload) % 4)
+            words = np.frombuffer(padded, dtype="<u4").astype(np.uint32)
+            try:
+                coders.append(self._stream.stack.AnsCoder(words))
+            except (ValueError, RuntimeError, AssertionError):
+                coders.append(None)
+        n, family = len(payloads), self.family
+        planes = np.zeros((n, *shape), dtype=np.int64)
+        for group, row in self._phases(*shape[:2]):
+            # (N, g * k * w, A): the probabilities of these channels' rows in every image
+            probabilities = np.stack(
+                [self.probabilities[c][self._contexts(planes, c)[:, row]] for c in group], axis=1
+            ).reshape(n, -1, self.levels)
+            decoded = np.zeros(planes[:, group, row].shape, dtype=np.int64)
+            for i, coder in enumerate(coders):
+                if coder is None:
+                    continue
+                try:
+                    decoded[i] = coder.decode(family, probabilities[i]).reshape(decoded.shape[1:])
+                except (ValueError, RuntimeError, AssertionError):
+                    coders[i] = None
+            planes[:, group, row] = decoded
+        return [
+            plane if coder is not None and coder.is_empty() else None
+            for plane, coder in zip(planes, coders, strict=True)
+        ]
 
     def decode(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray | None:
-        """The symbols (C, h, w) int32 of a payload, or None when it does not decode to exactly
-        that many symbols (a damaged payload whose checksum happened to match)."""
-        channels, height, width = shape
-        padded = payload + b"\0" * (-len(payload) % 4)
-        words = np.frombuffer(padded, dtype="<u4").astype(np.uint32)
-        planes: list[np.ndarray] = []
-        try:
-            coder = self._stream.stack.AnsCoder(words)
-            for channel in range(channels):
-                rows = self._rows(channel, planes, height * width)
-                planes.append(coder.decode(self.family, rows).astype(np.int64))
-        except (ValueError, RuntimeError, AssertionError):
-            return None
-        if not coder.is_empty():
-            return None
-        return np.stack(planes).reshape(channels, height, width)
+        """The symbols (C, h, w) int64 of a payload, or None when it does not decode to exactly
+        that many symbols."""
+        return self.decode_many([payload], shape)[0]

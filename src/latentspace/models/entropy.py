@@ -7,12 +7,22 @@ gain units do: quality level q scales the bounded value by its own learned step 
 (so a channel takes at most 2 round(s) + 1 of the `levels` symbols) and the decoder sees the
 symbol divided by s again. A low quality uses few, coarse levels; a high one, all of them.
 
-The entropy model is a factorised prior (Balle et al. 2017) made a little richer: one
+The entropy model is a factorised prior (Balle et al. 2017) made richer by two contexts: one
 categorical distribution over the symbols of each (quality, channel, context), where the context
-is the symbols of the previous channels at the same position; it is shared by every position of
-the code map, so it holds for images of any size. Its rate is exact at the symbols and, for the encoder's gradient, linearly
-interpolated between the two symbols around the continuous value: the encoder learns which
-values are cheap, the prior learns the symbols' frequencies (a cross-entropy).
+is the symbols of up to `context` channels before it at the same position (after Minnen & Singh
+2020's channel conditioning) and, with `spatial = "above"`, the three symbols above it in its
+own channel (up-left, up, up-right: a causal context as in Minnen et al. 2018, restricted to the
+row above so that a whole row decodes in one vectorised call). It is shared by every position of
+the code map, so it holds for images of any size. Its rate is exact at the symbols and, for the
+encoder's gradient, linearly interpolated between the two symbols around the continuous value:
+the encoder learns which values are cheap, the prior learns the symbols' frequencies (a
+cross-entropy).
+
+The contexts index integer tables, not a network's output, so that coding is bit-exact: a
+network's probabilities differ in their last bits between machines and thread counts, and a
+decoder that rounds one frequency differently from the encoder decodes garbage. Which context
+to use was measured on a Fashion-MNIST codec's symbols (docs/journal.md): the row above beat
+a checkerboard (He et al. 2021) and the left and upper neighbours.
 
 For coding, the prior's probabilities become integer frequency tables (`PRECISION` bits, every
 symbol at least 1) kept as a buffer and saved with the run, so an entropy coder in any process
@@ -32,14 +42,18 @@ from torch import nn
 __all__ = [
     "PRECISION",
     "SATURATION",
+    "SPATIAL_CONTEXTS",
     "ChannelContextPrior",
     "StepQuantiser",
+    "channel_contexts",
+    "context_count",
     "context_index",
     "integer_frequencies",
 ]
 
 PRECISION = 16  # bits of the integer frequency tables: each row sums to 2**PRECISION
 SATURATION = 3.0  # |gain y| beyond which tanh(gain y) rounds to an end symbol at every step count
+SPATIAL_CONTEXTS = ("above", "none")  # what of a channel's own neighbours predicts a symbol
 
 
 def integer_frequencies(logits: torch.Tensor, precision: int = PRECISION) -> torch.Tensor:
@@ -120,30 +134,63 @@ class StepQuantiser(nn.Module):
 
 
 def context_index(previous: Sequence[Any], levels: int) -> Any:
-    """The context of one channel's symbols: its `previous` channels' symbols at the same
-    positions (nearest first; tensors or arrays of one shape) as one index in [0, levels**k):
-    sum_j previous[j] * levels**j. 0 for the first channel. The entropy model and the coder both
-    compute it here, so they can never disagree."""
+    """The channel part of a context: the `previous` channels' symbols at the same positions
+    (nearest first; tensors or arrays of one shape) as one index in [0, levels**k):
+    sum_j previous[j] * levels**j. 0 for the first channel."""
     index: Any = 0
     for power, plane in enumerate(previous):
         index = index + plane * levels**power
     return index
 
 
+def _above(plane: Any) -> Any:
+    """Integer symbols (..., h, w) (a tensor or an array) -> each position's up-left, up and
+    up-right neighbours (three planes of that shape), each as 1 + its symbol, 0 outside the
+    map."""
+    up_left, up, up_right = plane * 0, plane * 0, plane * 0
+    up_left[..., 1:, 1:] = plane[..., :-1, :-1] + 1
+    up[..., 1:, :] = plane[..., :-1, :] + 1
+    up_right[..., 1:, :-1] = plane[..., :-1, 1:] + 1
+    return up_left, up, up_right
+
+
+def context_count(levels: int, context: int, spatial: str) -> int:
+    """How many contexts (table rows) a channel has: levels**context channel contexts, times
+    (levels + 1)**3 with the row above (each neighbour a symbol, or outside the map)."""
+    return levels**context * ((levels + 1) ** 3 if spatial == "above" else 1)
+
+
+def channel_contexts(
+    previous: Sequence[Any], plane: Any, levels: int, context: int, spatial: str
+) -> Any:
+    """Each symbol's context index (..., h, w) in one channel, from `previous` (that channel's
+    up to `context` channels before it, nearest first) and `plane`, its own symbols (a row's
+    context reads only the row above it). Tensors or arrays, integer arithmetic: the entropy
+    model and the coder both compute contexts here, so they can never disagree."""
+    index = context_index(previous, levels) + plane * 0
+    if spatial == "above":
+        up_left, up, up_right = _above(plane)
+        base = levels + 1
+        index = index + levels**context * (up_left + base * (up + base * up_right))
+    return index
+
+
 class ChannelContextPrior(nn.Module):
     """A categorical over `levels` symbols per (quality, channel, context): channel c's symbol at
     a position is predicted from the symbols of up to `context` channels before it at the same
-    position (a cheap channel-wise context, after Minnen & Singh 2020's channel conditioning;
-    context 0 is the factorised prior). Shared by every position, so it holds for any image
-    size, and every channel of an image decodes in one call. `frequencies` (Q, C, K, A) int32,
-    K = levels**context, is its integer table for entropy coding (see `refresh`)."""
+    position (context 0: none) and, with `spatial` = "above", from the three symbols above it in
+    channel c (see `channel_contexts`). Shared by every position, so it holds for any image
+    size. `frequencies` (Q, C, K, A) int32, K = `context_count(...)`, is its integer table for
+    entropy coding (see `refresh`)."""
 
     frequencies: torch.Tensor
 
-    def __init__(self, qualities: int, channels: int, levels: int, context: int) -> None:
+    def __init__(
+        self, qualities: int, channels: int, levels: int, context: int, spatial: str = "none"
+    ) -> None:
         super().__init__()
-        self.levels, self.context = levels, context
-        contexts = levels**context
+        self.levels, self.context, self.spatial = levels, context, spatial
+        contexts = context_count(levels, context, spatial)
         self.logits = nn.Parameter(torch.zeros(qualities, channels, contexts, levels))
         self.register_buffer("frequencies", integer_frequencies(self.logits))
 
@@ -153,16 +200,15 @@ class ChannelContextPrior(nn.Module):
         the saved tables are always those of the saved logits)."""
         self.frequencies.copy_(integer_frequencies(self.logits))
 
+    def _channel(self, symbols: torch.Tensor, c: int) -> torch.Tensor:
+        """symbols (B, C, h, w), the channels before c known (and channel c's rows above the
+        ones wanted) -> the contexts (B, h, w) of channel c's symbols."""
+        previous = [symbols[:, c - j] for j in range(1, self.context + 1) if c - j >= 0]
+        return channel_contexts(previous, symbols[:, c], self.levels, self.context, self.spatial)
+
     def contexts(self, symbols: torch.Tensor) -> torch.Tensor:
         """symbols (B, C, h, w) -> each symbol's context index (B, C, h, w)."""
-        planes = [
-            context_index(
-                [symbols[:, c - j] for j in range(1, self.context + 1) if c - j >= 0], self.levels
-            )
-            * torch.ones_like(symbols[:, 0])
-            for c in range(symbols.shape[1])
-        ]
-        return torch.stack(planes, dim=1)
+        return torch.stack([self._channel(symbols, c) for c in range(symbols.shape[1])], dim=1)
 
     def rate(
         self, coordinate: torch.Tensor, symbols: torch.Tensor, quality: torch.Tensor
@@ -195,13 +241,19 @@ class ChannelContextPrior(nn.Module):
     def sample(
         self, quality: int, shape: tuple[int, int, int, int], generator: torch.Generator | None
     ) -> torch.Tensor:
-        """Symbols (n, C, h, w) drawn from the prior of `quality` (0-based), channel by channel."""
-        n, channels, height, width = shape
+        """Symbols (n, C, h, w) drawn from the prior of `quality` (0-based): channel by channel
+        and, with the row-above context, row by row, as a decoder reads them."""
+        _, channels, height, _ = shape
         probabilities = torch.softmax(self.logits[quality].float().cpu(), dim=-1)  # (C, K, A)
-        drawn: list[torch.Tensor] = []
+        drawn = torch.zeros(shape, dtype=torch.long)
+        rows = (
+            [slice(r, r + 1) for r in range(height)] if self.spatial == "above" else [slice(None)]
+        )
         for c in range(channels):
-            previous = [drawn[c - j] for j in range(1, self.context + 1) if c - j >= 0]
-            where = context_index(previous, self.levels) * torch.ones(n * height * width).long()
-            rows = probabilities[c][where]  # (n*h*w, A)
-            drawn.append(torch.multinomial(rows, 1, generator=generator)[:, 0])
-        return torch.stack(drawn).view(channels, n, height, width).transpose(0, 1).contiguous()
+            for row in rows:
+                where = self._channel(drawn, c)[:, row]  # (n, k, w)
+                picked = torch.multinomial(
+                    probabilities[c][where.flatten()], 1, generator=generator
+                )
+                drawn[:, c, row] = picked.view(where.shape)
+        return drawn
