@@ -119,9 +119,15 @@ class SymbolCoder:
         n, family = len(payloads), self.family
         planes = np.zeros((n, *shape), dtype=np.int64)
         for group, row in self._phases(*shape[:2]):
+            # the contexts of a row need only it and the row above: computing them over the
+            # whole map at every row made decoding a photo's code map quadratic in its height
+            start = row.start or 0
+            window = planes[:, :, max(start - 1, 0) : row.stop]
+            wanted = slice(-1, None) if row.stop is not None else slice(None)
             # (N, g * k * w, A): the probabilities of these channels' rows in every image
             probabilities = np.stack(
-                [self.probabilities[c][self._contexts(planes, c)[:, row]] for c in group], axis=1
+                [self.probabilities[c][self._contexts(window, c)[:, wanted]] for c in group],
+                axis=1,
             ).reshape(n, -1, self.levels)
             decoded = np.zeros(planes[:, group, row].shape, dtype=np.int64)
             for i, coder in enumerate(coders):
