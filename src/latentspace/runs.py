@@ -23,7 +23,6 @@ What config.json says (its checks, and configs saved by older versions brought u
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import warnings
@@ -52,6 +51,13 @@ from latentspace.run_files import (
     check_writable,
     clean_temporary,
     lock_run,
+)
+from latentspace.run_weights import (
+    file_sha256,
+    load_tensors,
+    read_weights,
+    weights_epoch,
+    weights_sha256,
 )
 
 __all__ = [
@@ -157,21 +163,6 @@ def committed_epoch(run_dir: Path) -> int | None:
     return epoch if isinstance(epoch, int) else None
 
 
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file, read 1 MiB at a time."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def weights_sha256(run_dir: Path) -> str:
-    """Which weights a run holds: the SHA-256 of its model.safetensors. Codes files, ONNX
-    manifests and the explorer's code cache record it, so they are never used with others."""
-    return file_sha256(run_dir / WEIGHTS)
-
-
 def save_config(
     run_dir: Path,
     config: Config,
@@ -203,10 +194,10 @@ def load_best(run_dir: Path, model: GenerativeModel, epoch: int) -> bool:
     """Put the weights saved as BEST into `model` when they are epoch `epoch`'s; False (the
     model untouched) when the file is missing, unreadable or of another epoch."""
     try:
-        tensors, saved_epoch = _read_weights(run_dir / BEST)
+        tensors, saved_epoch = read_weights(run_dir / BEST)
         if saved_epoch != epoch:
             return False
-        _load_tensors(run_dir / BEST, run_dir, model, tensors)
+        load_tensors(run_dir / BEST, run_dir, model, tensors)
     except RunError:
         return False
     return True
@@ -318,63 +309,6 @@ def _read_config(run_dir: Path) -> tuple[Config, tuple[int, int, int], dict[str,
     return config_from_document(document, path)
 
 
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """The tensors of model.safetensors and the epoch in its metadata."""
-    if not path.exists():
-        raise RunError(f"{path} is missing: the run has no weights (was it never trained?)")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = safetensors.torch.load_file(str(path))
-    except (safetensors.SafetensorError, OSError, ValueError) as error:
-        raise RunError(f"{path} cannot be read ({error}); it may be truncated") from None
-    epoch = metadata.get("epoch", "0")
-    if not epoch.isdigit():
-        raise RunError(f"{path}: its metadata says epoch {epoch!r}, not a whole number")
-    return tensors, int(epoch)
-
-
-def _load_tensors(
-    path: Path,
-    run_dir: Path,
-    model: GenerativeModel,
-    tensors: dict[str, torch.Tensor],
-    against: str = "",
-) -> None:
-    """Load `tensors` (read from `path`) into `model`, checking names, shapes and values;
-    `against`: what the model was built from, as a mismatch names it (the run's config.json)."""
-    if not isinstance(tensors, dict) or not all(
-        isinstance(v, torch.Tensor) for v in tensors.values()
-    ):
-        raise RunError(f"{path}: the weights are not a table of tensors")
-    tensors = dict(tensors)
-    expected = model.state_dict()
-    for key in model.optional_state & (set(expected) - set(tensors)):
-        tensors[key] = expected[key]
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        detail = (
-            f"missing {missing[0]}"
-            if missing
-            else f"unexpected {unexpected[0]}"
-            if unexpected
-            else f"{wrong[0]} has shape {tuple(tensors[wrong[0]].shape)}, "
-            f"config says {tuple(expected[wrong[0]].shape)}"
-        )
-        raise RunError(f"{path} does not match {against or run_dir / CONFIG}: {detail}")
-    # NaN weights make every output NaN (metrics appended, pictures written): refuse them here,
-    # where every command that uses a run loads it, rather than warn in a stream of results
-    for key, value in tensors.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise RunError(
-                f"{path}: {key} holds NaN or infinite values; the weights are unusable "
-                "(the run diverged or the file was damaged): train it again"
-            )
-    model.load_state_dict(tensors)
-
-
 def initialise_from(source: str | Path, model: GenerativeModel) -> dict[str, Any]:
     """Load the weights of the run `source` into `model`, a new run's model built from its own
     settings (fine-tuning: other data, another loss, a new learning rate). The family and every
@@ -388,8 +322,8 @@ def initialise_from(source: str | Path, model: GenerativeModel) -> dict[str, Any
             "model: start from a run of the same family"
         )
     path = source / WEIGHTS
-    tensors, epoch = _read_weights(path)
-    _load_tensors(
+    tensors, epoch = read_weights(path)
+    load_tensors(
         path, source, model, tensors, against="this run's settings (--init needs the same networks)"
     )
     return {"run": str(source.resolve()), "weights_sha256": file_sha256(path), "epoch": epoch}
@@ -409,8 +343,8 @@ def open_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         model = build_model(config.model, image_shape, config.train)
     except LatentspaceError as error:
         raise RunError(f"{run_dir / CONFIG}: {error}") from None
-    tensors, _ = _read_weights(run_dir / WEIGHTS)
-    _load_tensors(run_dir / WEIGHTS, run_dir, model, tensors)
+    tensors, _ = read_weights(run_dir / WEIGHTS)
+    load_tensors(run_dir / WEIGHTS, run_dir, model, tensors)
     model.to(device).eval()
     return Run(path=run_dir, config=config, image_shape=image_shape, model=model, info=info)
 
@@ -433,7 +367,7 @@ def read_trainer_state(run_dir: Path, model: GenerativeModel) -> dict[str, Any] 
     the run never committed one (killed before its first checkpoint: it starts from epoch 0)."""
     path = run_dir / STATE
     if not path.exists():
-        if (run_dir / WEIGHTS).exists() and _read_weights(run_dir / WEIGHTS)[1] > 0:
+        if (run_dir / WEIGHTS).exists() and read_weights(run_dir / WEIGHTS)[1] > 0:
             raise RunError(f"{path} is missing: cannot resume {run_dir}")
         return None
     try:
@@ -449,25 +383,17 @@ def read_trainer_state(run_dir: Path, model: GenerativeModel) -> dict[str, Any] 
         if not isinstance(value, kind) or isinstance(value, bool):
             raise RunError(f"{path} lacks {key!r} (or it is damaged): cannot resume {run_dir}")
     if "model" in state:  # the committed weights
-        _load_tensors(path, run_dir, model, state["model"])
+        load_tensors(path, run_dir, model, state["model"])
         return state
     # a run saved before trainer_state.pt held the weights: model.safetensors must be its epoch
-    tensors, epoch = _read_weights(run_dir / WEIGHTS)
-    _load_tensors(run_dir / WEIGHTS, run_dir, model, tensors)
+    tensors, epoch = read_weights(run_dir / WEIGHTS)
+    load_tensors(run_dir / WEIGHTS, run_dir, model, tensors)
     if state["epoch"] != epoch:
         raise RunError(
             f"{path} (epoch {state['epoch']}) and {run_dir / WEIGHTS} (epoch {epoch}) disagree: "
             "the run, saved by an older latentspace, was killed while saving; train it again"
         )
     return state
-
-
-def weights_epoch(run_dir: Path) -> int | None:
-    """The epoch model.safetensors belongs to; None when it is missing or cannot be read."""
-    try:
-        return _read_weights(run_dir / WEIGHTS)[1]
-    except RunError:
-        return None
 
 
 def read_run_config(run_dir: str | Path) -> tuple[Config, tuple[int, int, int], dict[str, Any]]:
