@@ -203,12 +203,19 @@ def test_text_step_bf16_and_kl_schedules(family: str) -> None:
         assert set(model.validation_step(ids)) >= {"total", "reconstruction", "kl"}
 
 
-@pytest.mark.parametrize("family", TEXT_FAMILIES)
-def test_packed_sentence_nll_equals_the_padded_one_token_by_token(family: str) -> None:
+VARIANTS = [(family, {}) for family in TEXT_FAMILIES] + [("sentence_vae", {"skip_code": True})]
+
+
+@pytest.mark.parametrize(("family", "settings"), VARIANTS)
+def test_packed_sentence_nll_equals_the_padded_one_token_by_token(
+    family: str, settings: dict[str, bool]
+) -> None:
     """The decoder runs packed and scores only real positions (for speed): per sentence it
-    must give what the decoder run over the padded batch, token by token, gives."""
+    must give what the decoder run over the padded batch, token by token, gives; with
+    model.skip_code both paths add the code's own vocabulary logits."""
     torch.manual_seed(0)
-    model = build_model(MODELS[family].config_class(embedding_dim=8, hidden_size=16), (1, 20, 30))
+    config = MODELS[family].config_class(embedding_dim=8, hidden_size=16, **settings)
+    model = build_model(config, (1, 20, 30))
     model.eval()
     ids = torch.randint(4, 30, (5, 9))
     ids[:, 0] = 2
@@ -220,6 +227,12 @@ def test_packed_sentence_nll_equals_the_padded_one_token_by_token(family: str) -
         logits.transpose(1, 2), ids[:, 1:], ignore_index=PAD_ID, reduction="none"
     ).sum(1)
     torch.testing.assert_close(model.sentence_nll(ids, z), expected)
+    if settings:
+        assert model.code_to_output is not None
+        nll = model.sentence_nll(ids, z)
+        with torch.no_grad():
+            model.code_to_output.weight.mul_(3.0)
+        assert not torch.allclose(model.sentence_nll(ids, z), nll)
 
 
 def test_a_run_saved_before_encoder_size_existed_loads_with_its_full_width_encoder(
@@ -255,6 +268,44 @@ def test_the_encoder_has_its_own_width() -> None:
         assert mu.shape == logvar.shape == (3, 4)
     with pytest.raises(ConfigError, match="model.encoder_size = -1"):
         dataclasses.replace(config, encoder_size=-1).validate()
+
+
+def test_the_bag_of_words_loss_trains_the_code_and_stays_out_of_the_bound() -> None:
+    """model.bow_weight adds bow_weight x -sum log softmax(W z) over the sentence's words (BOS,
+    EOS and padding left out) to the training loss only: validation's bound is unchanged, the
+    term alone sends a gradient to the encoder, and without it no head is built."""
+    config = MODELS["sentence_vae"].config_class(
+        embedding_dim=8, hidden_size=16, latent_dim=4, bow_weight=0.5, kl_schedule="none"
+    )
+    torch.manual_seed(0)
+    model = build_model(config, (1, 9, 30))
+    ids = torch.tensor([[2, 7, 8, 7, 3, 0, 0], [2, 9, 3, 0, 0, 0, 0]])
+    z = torch.randn(2, 4)
+    log_probs = torch.log_softmax(model.bow(z), dim=1)
+    expected = -0.5 * (log_probs[0, [7, 8, 7]].sum() + log_probs[1, 9]) / 2
+    model.train()
+    assert model.auxiliary_loss(ids, z).item() == pytest.approx(expected.item(), rel=1e-6)
+    model.auxiliary_loss(ids, model.code_posterior(ids)[0]).backward()
+    assert model.encoder["rnn"].weight_ih_l0.grad.abs().sum() > 0
+    assert model.decoder_rnn.weight_ih_l0.grad is None  # the decoder plays no part in it
+    model.eval()
+    assert model.auxiliary_loss(ids, z).item() == 0.0
+    torch.manual_seed(1)
+    with_bow = model.loss(ids)
+    without = dataclasses.replace(config, bow_weight=0.0)
+    plain = build_model(without, (1, 9, 30))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("bow")})
+    plain.eval()
+    torch.manual_seed(1)
+    assert plain.loss(ids).total.item() == pytest.approx(with_bow.total.item())
+    assert not any(name.startswith("bow") for name in plain.state_dict())
+    model.train(), plain.train()
+    torch.manual_seed(2)
+    trained = model.loss(ids)
+    torch.manual_seed(2)
+    assert trained.total.item() > plain.loss(ids).total.item() + 0.5  # 4 words, ~log 30 each
+    with pytest.raises(ConfigError, match="model.bow_weight = -1"):
+        dataclasses.replace(config, bow_weight=-1.0).validate()
 
 
 def test_kl_schedules() -> None:

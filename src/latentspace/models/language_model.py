@@ -67,7 +67,8 @@ class TextLoss(NamedTuple):
 
     reconstruction: torch.Tensor  # -log p(x | z) summed over the sentence's tokens (EOS included)
     kl: torch.Tensor  # KL(q(z|x) || p(z)) summed over dimensions
-    total: torch.Tensor  # reconstruction + kl_weight * max(free_bits, KL per dimension)
+    # reconstruction + kl_weight * max(free_bits, KL per dimension) + the auxiliary loss
+    total: torch.Tensor
 
 
 class LanguageModel(GenerativeModel):
@@ -100,6 +101,8 @@ class LanguageModel(GenerativeModel):
         self.latent_to_hidden = nn.Linear(latent, hidden) if latent else None
         self.output_dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(hidden, self.vocab_size)
+        # the VAE's skip from the code straight to the vocabulary logits (model.skip_code)
+        self.code_to_output: nn.Linear | None = None
 
     @property
     def latent_dim(self) -> int:
@@ -145,7 +148,10 @@ class LanguageModel(GenerativeModel):
         embedded = self.embedding(tokens)
         inputs = torch.cat([embedded, z.unsqueeze(1).expand(-1, tokens.shape[1], -1)], dim=2)
         out, hidden = self.decoder_rnn(inputs, hidden)
-        return self.output(self.output_dropout(out)), hidden
+        logits = self.output(self.output_dropout(out))
+        if self.code_to_output is not None:
+            logits = logits + self.code_to_output(z).unsqueeze(1)
+        return logits, hidden
 
     def sentence_nll(self, ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """-log p(x | z) per sentence (B,), teacher-forced; word dropout while training.
@@ -175,6 +181,8 @@ class LanguageModel(GenerativeModel):
         out, _ = self.decoder_rnn(packed, self.initial_hidden(z))
         logits = self.output(self.output_dropout(out.data))  # (positions, V)
         rows = torch.arange(len(ids), device=ids.device).unsqueeze(1).expand_as(targets)
+        if self.code_to_output is not None:
+            logits = logits + self.code_to_output(z)[pack(rows)]
         nll = F.cross_entropy(logits.float(), pack(targets), ignore_index=PAD_ID, reduction="none")
         return nll.new_zeros(len(ids)).index_add_(0, pack(rows), nll)
 
@@ -193,7 +201,12 @@ class LanguageModel(GenerativeModel):
         kl = kl_per_dim.sum()
         floor = getattr(self.config, "free_bits", 0.0)
         pushed = kl_per_dim.clamp(min=floor).sum() if floor > 0 and self.training else kl
-        return TextLoss(reconstruction, kl, reconstruction + self.kl_weight * pushed)
+        total = reconstruction + self.kl_weight * pushed + self.auxiliary_loss(ids, z)
+        return TextLoss(reconstruction, kl, total)
+
+    def auxiliary_loss(self, ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """A training-only term beside the bound (the VAE's bag-of-words loss); none here."""
+        return z.new_zeros(())
 
     @property
     def kl_weight(self) -> float:

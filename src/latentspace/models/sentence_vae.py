@@ -7,6 +7,8 @@ hidden state and on every input step, writes the sentence back token by token. T
 for posterior collapse (the decoder learning to ignore z), each a setting: KL annealing, linear
 (Bowman et al. 2016) or cyclical (Fu et al. 2019); word dropout on the decoder's inputs (Bowman
 et al. 2016, section 3.2); free bits, a floor on each dimension's KL (Kingma et al. 2016).
+And one that makes the code learn the sentence faster: the bag-of-words loss (Zhao et al. 2017),
+a second head that predicts every word of the sentence, in any order, from z alone.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from latentspace.data.text import PAD_ID
+from latentspace.data.text import EOS_ID, PAD_ID
 from latentspace.errors import ConfigError
 from latentspace.models.base import LikelihoodBound
 from latentspace.models.language_model import LanguageModel, LanguageModelConfig
@@ -58,6 +60,14 @@ class SentenceVAEConfig(LanguageModelConfig):
     # holds the KL at >= 6.4 nats a sentence while training
     free_bits: float = 0.2
     beta: float = 1.0  # weight of the KL term once annealed
+    # weight of the bag-of-words loss (Zhao et al. 2017): -sum over the sentence's tokens of
+    # log softmax(W z), a training-only term beside the ELBO that gives the encoder a direct
+    # gradient to put the words in the code (0: off, and no head is built)
+    bow_weight: float = 0.0
+    # a skip connection from z to the decoder's vocabulary logits at every step (the skip-VAE
+    # of Dieng et al. 2019, at the output layer): the code can favour the sentence's words
+    # directly instead of only through the recurrent state
+    skip_code: bool = False
 
     def _validate_code(self) -> None:
         if self.latent_dim < 1:
@@ -74,6 +84,8 @@ class SentenceVAEConfig(LanguageModelConfig):
             raise ConfigError(f"model.encoder_size = {self.encoder_size} must be 0 or more")
         if self.free_bits < 0 or self.beta < 0:
             raise ConfigError("model.free_bits and model.beta must be 0 or more")
+        if self.bow_weight < 0:
+            raise ConfigError(f"model.bow_weight = {self.bow_weight} must be 0 or more")
 
 
 class SentenceVAE(LanguageModel):
@@ -103,6 +115,10 @@ class SentenceVAE(LanguageModel):
                 "posterior": nn.Linear(2 * width, 2 * config.latent_dim),
             }
         )
+        # the bag-of-words head: only when it is used, so runs without it keep their weights' names
+        self.bow = nn.Linear(config.latent_dim, self.vocab_size) if config.bow_weight > 0 else None
+        if config.skip_code:
+            self.code_to_output = nn.Linear(config.latent_dim, self.vocab_size)
         # optimisation steps taken: the KL schedule's clock, saved with the weights so a resumed
         # run anneals exactly as an uninterrupted one
         self.steps: torch.Tensor
@@ -118,6 +134,17 @@ class SentenceVAE(LanguageModel):
         both = torch.cat([hidden[0], hidden[1]], dim=1)  # forward and backward directions
         mu, logvar = self.encoder["posterior"](both).float().chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)  # clamp keeps exp() finite
+
+    def auxiliary_loss(self, ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """bow_weight x the bag-of-words loss, nats per sentence averaged over the batch: every
+        token after BOS but EOS, predicted from z by one softmax over the vocabulary."""
+        if self.bow is None or not self.training:
+            return z.new_zeros(())
+        log_probs = torch.log_softmax(self.bow(z).float(), dim=1)  # (B, V)
+        words = ids[:, 1:]
+        keep = (words != PAD_ID) & (words != EOS_ID)
+        picked = log_probs.gather(1, words) * keep
+        return -self.config.bow_weight * picked.sum(1).mean()
 
     @property
     def kl_weight(self) -> float:
