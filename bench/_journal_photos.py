@@ -112,12 +112,12 @@ class Speed:
 
 
 def round_trip(
-    model: Any, tensors: Sequence[torch.Tensor], quality: int, weights: str
+    model: Any, tensors: Sequence[torch.Tensor], quality: int, weights: str, group_bytes: int = 0
 ) -> tuple[bytes, Any, float, float]:
     """The album of `tensors` at `quality`, decoded again: (album, decoded, seconds to compress,
     seconds to decompress). Both halves of the bench measure through this."""
     started = time.perf_counter()
-    album = encode_album(model, tensors, quality, weights=weights)
+    album = encode_album(model, tensors, quality, weights=weights, group_bytes=group_bytes)
     compress_s = time.perf_counter() - started
     started = time.perf_counter()
     decoded = decode_album(album, model, weights=weights, name="bench")
@@ -150,7 +150,7 @@ def journal_points(
                 quality=quality,
                 images=n,
                 file_bytes=len(album) / n,
-                payload_bytes=sum(len(e.payload) for e in decoded.album.entries) / n,
+                payload_bytes=decoded.album.payload_bytes / n,
                 ssim=score,
                 ms_ssim=multi,
                 psnr=psnr,

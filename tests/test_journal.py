@@ -4,6 +4,7 @@ exit, with every undamaged image still written."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -25,9 +26,9 @@ import latentspace as ls
 from conftest import make_images
 from latentspace.cli import main
 from latentspace.errors import ConfigError, DataError
-from latentspace.journal import FORMAT_VERSION, AlbumError, decode_album, encode_album
+from latentspace.journal import FORMAT_VERSION, AlbumError, container, decode_album, encode_album
 from latentspace.journal.coding import SymbolCoder
-from latentspace.journal.container import MAGIC, Album, Entry, pack, unpack
+from latentspace.journal.container import MAGIC, Album, Entry, Stream, pack, unpack
 from latentspace.models import MODELS, build_model
 from latentspace.models.entropy import (
     PRECISION,
@@ -362,7 +363,7 @@ def test_the_coder_codes_each_symbol_in_its_context(
     table[..., 0] += 2**PRECISION - table.sum(-1)
     probabilities = table / 2**PRECISION
     coder = SymbolCoder(table, context, spatial)
-    maps, payloads = [], []
+    maps, payloads, ideals = [], [], []
     for _ in range(3):
         symbols = np.zeros(shape, dtype=np.int64)
         ideal = 0.0
@@ -378,10 +379,17 @@ def test_the_coder_codes_each_symbol_in_its_context(
         assert decoded is not None and np.array_equal(decoded, symbols)
         maps.append(symbols)
         payloads.append(payload)
-    assert coder.encode_many(np.stack(maps)) == payloads
+        ideals.append(ideal)
+    assert coder.encode_many(np.stack(maps)) == [(1, p) for p in payloads]
     together = coder.decode_many([payloads[0], payloads[1][:-1] + b"\xff", payloads[2]], shape)
     assert np.array_equal(together[0], maps[0]) and np.array_equal(together[2], maps[2])
     assert together[1] is None or not np.array_equal(together[1], maps[1])
+    # one stream for all three images, within a word of their ideal length together (three
+    # streams may pay a word each), decoded beside a stream of one
+    [(count, shared)] = coder.encode_many(np.stack(maps), group_bytes=10**6)
+    assert count == 3 and len(shared) * 8 <= sum(ideals) + 40
+    mixed = coder.decode_many([shared, payloads[0]], shape, [3, 1])
+    assert all(np.array_equal(a, b) for a, b in zip(mixed, [*maps, maps[0]], strict=True))
 
 
 def test_the_row_above_context_needs_its_spatial_setting_to_decode() -> None:
@@ -486,7 +494,7 @@ def test_flipped_bits_name_the_damaged_image(
     codec_run: Path, album_bytes: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     album = unpack(album_bytes, "album")
-    first_payload = len(album_bytes) - sum(len(e.payload) for e in album.entries)
+    first_payload = len(album_bytes) - album.payload_bytes
     damaged = bytearray(album_bytes)
     damaged[first_payload] ^= 0x10  # inside image 1's payload
     code, out = _decompress(bytes(damaged), tmp_path)
@@ -537,17 +545,15 @@ def test_images_beyond_the_models_limits_and_unsafe_names(
         run_path=str(codec_run),
         names=["fine.png"],
     )
-    entry = unpack(good, "good").entries[0]
+    read = unpack(good, "good")
+    entry, payload = read.entries[0], read.streams[0].payload
     hostile = Album(
         weights,
         2,
         1,
         str(codec_run),
-        [
-            entry,
-            Entry(100_000, 5, "vast.png", entry.payload),
-            Entry(16, 16, "../escape.png", entry.payload),
-        ],
+        [entry, Entry(100_000, 5, "vast.png"), Entry(16, 16, "../escape.png")],
+        [Stream((i,), payload) for i in range(3)],
     )
     code, out = _decompress(pack(hostile), tmp_path)
     assert code == 1
@@ -568,4 +574,94 @@ def test_decode_album_keeps_names_and_reports_problems_in_memory(codec_run: Path
     assert list(cut.problems) == [2] and cut.images[2] is None and cut.images[0] is not None
     with pytest.raises(AlbumError, match="SHA-256"):
         decode_album(data, model, weights="0" * 64, name="mem")
-    assert struct.unpack("<B", data[4:5])[0] == FORMAT_VERSION
+    assert struct.unpack("<B", data[4:5])[0] == 1, "images alone in their streams: version 1"
+
+
+def test_images_sharing_streams_decode_alike_in_fewer_bytes(
+    codec_run: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """group_bytes: images of a size share streams (format version 2) and decode to the same
+    pixels as alone, in fewer bytes; a damaged stream names each of its images and the other
+    streams still decode; an index whose streams do not hold its images is refused."""
+    model = ls.load(codec_run)
+    weights = weights_sha256(codec_run)
+    small = [torch.from_numpy(a[None]) for a in make_images(9, size=16, seed=3)]
+    large = [torch.from_numpy(a[None]) for a in make_images(2, size=20, seed=4)]
+    images = [*small[:4], large[0], *small[4:], large[1]]  # sizes interleaved
+    names = [f"{i}.png" for i in range(len(images))]
+    alone = encode_album(model, images, 2, weights=weights, names=names)
+    each = decode_album(alone, model, weights=weights, name="alone")
+    sizes = unpack(alone, "alone").payload_bytes / len(images)
+    shared = encode_album(
+        model, images, 2, weights=weights, names=names, group_bytes=int(3 * sizes)
+    )
+    album = unpack(shared, "shared")
+    assert album.version == FORMAT_VERSION == 2 and len(shared) < len(alone)
+    assert 1 < len(album.streams) < len(images)
+    assert {len({images[i].shape for i in s.members}) for s in album.streams} == {1}
+    decoded = decode_album(shared, model, weights=weights, name="shared")
+    assert not decoded.problems and decoded.names == names
+    assert all(np.array_equal(a, b) for a, b in zip(decoded.images, each.images, strict=True))
+    # flip a bit in the first stream: its images are named, all the others decode
+    damaged = bytearray(shared)
+    damaged[len(shared) - album.payload_bytes] ^= 0x04
+    hurt = decode_album(bytes(damaged), model, weights=weights, name="hurt")
+    first = album.streams[0].members
+    assert sorted(hurt.problems) == sorted(first)
+    assert f"as is the stream of {len(first)} images" in hurt.problems[first[0]]
+    assert all((image is None) == (i in first) for i, image in enumerate(hurt.images))
+    # hostile indexes (written by a packer made to accept them): streams that leave an image
+    # out, or mix sizes, are refused in one line before anything is decoded
+    fewer = dataclasses.replace(album, streams=album.streams[:-1])
+    with pytest.raises(ValueError, match="size by size"):
+        pack(fewer)
+    mixed = dataclasses.replace(album, streams=[Stream(tuple(range(len(images))), b"x")])
+    for hostile, why in ((fewer, "do not hold its images"), (mixed, "do not fit")):
+        monkeypatch.setattr(
+            container, "size_order", lambda _, h=hostile: [i for s in h.streams for i in s.members]
+        )
+        data = pack(hostile)
+        monkeypatch.undo()
+        with pytest.raises(AlbumError, match=why):
+            unpack(data, "hostile")
+    # the CLI: --group-bytes, and a negative one refused
+    pictures = tmp_path / "p"
+    pictures.mkdir()
+    for i, image in enumerate(small):
+        Image.fromarray(image[0].numpy()).save(pictures / f"{i}.png")
+    assert (
+        main(
+            [
+                "compress",
+                str(codec_run),
+                str(pictures),
+                "--out",
+                str(tmp_path / "a.lsj"),
+                "--group-bytes",
+                "100000",
+            ]
+        )
+        == 0
+    )
+    assert "compressed 9 images" in capsys.readouterr().out
+    assert len(unpack((tmp_path / "a.lsj").read_bytes(), "a").streams) == 1
+    assert main(["decompress", str(tmp_path / "a.lsj"), "--out", str(tmp_path / "out")]) == 0
+    assert len(_pixels(tmp_path / "out")) == 9
+    assert (
+        main(
+            [
+                "compress",
+                str(codec_run),
+                str(pictures),
+                "--out",
+                str(tmp_path / "b.lsj"),
+                "--group-bytes",
+                "-1",
+            ]
+        )
+        == 1
+    )
+    _one_line(capsys, "group bytes = -1")

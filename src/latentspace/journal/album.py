@@ -20,7 +20,16 @@ from PIL import Image
 from latentspace.data.files import IMAGE_SUFFIXES, load_image
 from latentspace.errors import ConfigError, DataError
 from latentspace.journal.coding import SymbolCoder
-from latentspace.journal.container import Album, AlbumError, Entry, pack, unpack
+from latentspace.journal.container import (
+    Album,
+    AlbumError,
+    Entry,
+    Stream,
+    by_size,
+    pack,
+    unpack,
+    who,
+)
 from latentspace.models import MODELS
 from latentspace.run_files import atomic_write
 from latentspace.runs import Run, open_run, weights_sha256
@@ -90,13 +99,6 @@ def open_codec(run_dir: str | Path, device: str = "cpu") -> tuple[Run, Any]:
 
 
 # ---- in memory ----------------------------------------------------------------------------------
-def _by_size(sizes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, size in enumerate(sizes):
-        groups.setdefault(size, []).append(i)
-    return groups
-
-
 def encode_album(
     model: Any,
     images: Sequence[torch.Tensor],
@@ -105,32 +107,33 @@ def encode_album(
     weights: str,
     run_path: str = "",
     names: Sequence[str] | None = None,
+    group_bytes: int = 0,
 ) -> bytes:
-    """images: (C, H, W) uint8 each, any size the model codes -> the album's bytes."""
+    """images: (C, H, W) uint8 each, any size the model codes -> the album's bytes. Each image
+    is its own stream, or with group_bytes > 0 images of a size share streams of about that many
+    bytes (coding.SymbolCoder.encode_many)."""
     for image in images:
         model.check_size(image.shape[1], image.shape[2])
     coder = SymbolCoder(
         model.frequency_table(quality), model.context_channels, model.spatial_context
     )
-    payloads: list[bytes] = [b""] * len(images)
-    for members in _by_size([(i.shape[1], i.shape[2]) for i in images]).values():
+    streams: list[Stream] = []
+    for members in by_size([(i.shape[1], i.shape[2]) for i in images]).values():
         for start in range(0, len(members), _CHUNK):
             chosen = members[start : start + _CHUNK]
             x = torch.stack([images[i] for i in chosen]).float() / 255
             symbols = model.to_symbols(x, quality).cpu().numpy()
-            for i, payload in zip(chosen, coder.encode_many(symbols), strict=True):
-                payloads[i] = payload
+            taken = 0
+            for count, payload in coder.encode_many(symbols, group_bytes):
+                streams.append(Stream(tuple(chosen[taken : taken + count]), payload))
+                taken += count
     labels = list(names) if names is not None else [""] * len(images)
     entries = [
-        Entry(int(i.shape[1]), int(i.shape[2]), label, payload)
-        for i, label, payload in zip(images, labels, payloads, strict=True)
+        Entry(int(i.shape[1]), int(i.shape[2]), label)
+        for i, label in zip(images, labels, strict=True)
     ]
     channels = int(images[0].shape[0]) if images else int(model.image_shape[0])
-    return pack(Album(weights, quality, channels, run_path, entries))
-
-
-def _who(i: int, name: str) -> str:
-    return f"image {i + 1}" + (f" ({name})" if name else "")
+    return pack(Album(weights, quality, channels, run_path, entries, streams))
 
 
 def _check_header(album: Album, model: Any, weights: str, name: str, run: str) -> None:
@@ -154,33 +157,32 @@ def decode_album(
     coder = SymbolCoder(
         model.frequency_table(album.quality), model.context_channels, model.spatial_context
     )
-    problems = album.problems
+    problems, entries = album.problems, album.entries
     codes: dict[int, np.ndarray] = {}
-    readable: list[int] = []
-    for i, entry in enumerate(album.entries):
-        if i in problems:
-            continue
+    readable: dict[tuple[int, int], list[Stream]] = {}
+    for stream in album.streams:
+        first = entries[stream.members[0]]
         try:
-            model.check_size(entry.height, entry.width)
+            model.check_size(first.height, first.width)
         except DataError as error:
-            problems[i] = f"{_who(i, entry.name)}: {error}"
+            for i in stream.members:
+                problems[i] = f"{who(i, entries[i].name)}: {error}"
             continue
-        readable.append(i)
-    entries = album.entries
-    for size, members in _by_size(
-        [(entries[i].height, entries[i].width) for i in readable]
-    ).items():
-        indices = [readable[k] for k in members]
-        symbols = coder.decode_many([entries[i].payload for i in indices], model.code_shape(*size))
+        readable.setdefault((first.height, first.width), []).append(stream)
+    for size, streams in readable.items():
+        symbols = coder.decode_many(
+            [s.payload for s in streams], model.code_shape(*size), [len(s.members) for s in streams]
+        )
+        indices = [i for s in streams for i in s.members]
         for i, code in zip(indices, symbols, strict=True):
             if code is None:
-                problems[i] = f"{_who(i, entries[i].name)} is damaged (its code does not decode)"
+                problems[i] = f"{who(i, entries[i].name)} is damaged (its code does not decode)"
             else:
                 codes[i] = code
     images: list[np.ndarray | None] = [None] * len(album.entries)
     sizes = [(e.height, e.width) for e in album.entries]
     decodable = list(codes)
-    for size, members in _by_size([sizes[i] for i in decodable]).items():
+    for size, members in by_size([sizes[i] for i in decodable]).items():
         indices = [decodable[k] for k in members]
         for start in range(0, len(indices), _CHUNK):
             chosen = indices[start : start + _CHUNK]
@@ -227,19 +229,31 @@ def compress(
     *,
     quality: int | None = None,
     bytes_per_image: float | None = None,
+    group_bytes: int = 0,
     device: str = "cpu",
 ) -> Compressed:
     """Compress image files (and folders of them) into the album `out`, written atomically.
     quality: 1..the model's levels (default: the highest); bytes_per_image: the highest quality
-    whose album takes at most that many bytes per image (whole file)."""
+    whose album takes at most that many bytes per image (whole file); group_bytes: 0 (each
+    image its own stream) or the bytes that images share a stream up to (`encode_album`)."""
     if quality is not None and bytes_per_image is not None:
         raise ConfigError("give a quality or a byte budget, not both")
+    if group_bytes < 0:
+        raise ConfigError(f"group bytes = {group_bytes} must be 0 (each image alone) or more")
     run, model = open_codec(run_dir, device)
     images, names = read_images(inputs, int(model.image_shape[0]))
     weights, run_path = weights_sha256(run.path), str(Path(run.path).resolve())
     levels = [quality] if quality is not None else list(range(model.quality_levels, 0, -1))
     for level in levels:
-        data = encode_album(model, images, level, weights=weights, run_path=run_path, names=names)
+        data = encode_album(
+            model,
+            images,
+            level,
+            weights=weights,
+            run_path=run_path,
+            names=names,
+            group_bytes=group_bytes,
+        )
         if bytes_per_image is None or len(data) / len(images) <= bytes_per_image:
             break
     else:
@@ -249,7 +263,7 @@ def compress(
         )
     path = Path(out)
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    payload = sum(len(e.payload) for e in unpack(data, str(path)).entries)
+    payload = unpack(data, str(path)).payload_bytes
     return Compressed(path, len(images), level, len(data), payload)
 
 
