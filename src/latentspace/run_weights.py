@@ -27,10 +27,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def weights_sha256(run_dir: Path) -> str:
+def weights_sha256(run_dir: str | Path) -> str:
     """Which weights a run holds: the SHA-256 of its model.safetensors. Codes files, ONNX
     manifests and the explorer's code cache record it, so they are never used with others."""
-    return file_sha256(run_dir / WEIGHTS)
+    return file_sha256(Path(run_dir) / WEIGHTS)
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], int]:
