@@ -632,36 +632,17 @@ def test_images_sharing_streams_decode_alike_in_fewer_bytes(
     pictures.mkdir()
     for i, image in enumerate(small):
         Image.fromarray(image[0].numpy()).save(pictures / f"{i}.png")
-    assert (
-        main(
-            [
-                "compress",
-                str(codec_run),
-                str(pictures),
-                "--out",
-                str(tmp_path / "a.lsj"),
-                "--group-bytes",
-                "100000",
-            ]
+
+    def compress(album: str, group: str) -> int:
+        out = str(tmp_path / album)
+        return main(
+            ["compress", str(codec_run), str(pictures), "--out", out, "--group-bytes", group]
         )
-        == 0
-    )
+
+    assert compress("a.lsj", "100000") == 0
     assert "compressed 9 images" in capsys.readouterr().out
     assert len(unpack((tmp_path / "a.lsj").read_bytes(), "a").streams) == 1
     assert main(["decompress", str(tmp_path / "a.lsj"), "--out", str(tmp_path / "out")]) == 0
     assert len(_pixels(tmp_path / "out")) == 9
-    assert (
-        main(
-            [
-                "compress",
-                str(codec_run),
-                str(pictures),
-                "--out",
-                str(tmp_path / "b.lsj"),
-                "--group-bytes",
-                "-1",
-            ]
-        )
-        == 1
-    )
+    assert compress("b.lsj", "-1") == 1
     _one_line(capsys, "group bytes = -1")
