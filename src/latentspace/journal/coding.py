@@ -35,18 +35,19 @@ def _constriction() -> object:
 
 class SymbolCoder:
     """Codes symbol maps (C, h, w) row by row with the row-above context (else all rows at
-    once) and channel by channel when channels are context (else all at once), each symbol with the categorical model of its channel and context
-    (models.entropy.channel_contexts: the symbols of up to `context` channels before it at the
-    same position, and with `spatial` = "above" the three above it in its channel).
+    once) and channel by channel when channels are context (else all at once), each symbol with
+    the categorical model of its channel and context (models.entropy.channel_contexts: the
+    symbols of up to `context` channels before it at the same position, and with `spatial` =
+    "above" the three above it in its channel).
 
     frequencies: (C, contexts, A) integers, each >= 1, every row with the same power-of-two sum.
     The models get those frequencies divided by their sum: exact in float64, and constriction
     turns them into its own fixed-point table by a deterministic computation, so every process
     that reads the same table codes the same bits.
 
-    Many images are coded together: each keeps its own stream (a damaged image never takes the
-    others with it), but the contexts of a row of all of them are computed in one numpy call,
-    and only the coder's calls are made image by image."""
+    Many images are coded together: the contexts of a row of all of them are computed in one
+    numpy call, and the coder is called once a row for each stream, whether the stream holds
+    one image (the default: a damaged image never takes the others with it) or several."""
 
     def __init__(self, frequencies: np.ndarray, context: int, spatial: str = "none") -> None:
         constriction = _constriction()
