@@ -1,4 +1,5 @@
-"""The generic trainer's loop: epochs, validation, early stopping, and when to checkpoint.
+"""The generic trainer's loop: epochs, validation, and when to checkpoint (when to stop is
+stopping.py's).
 
 Nothing here knows which model family it drives: the model configures its own optimizers and
 takes its own steps (`GenerativeModel.training_step`), and the trainer only loops, measures and
@@ -31,7 +32,8 @@ from latentspace.models import GenerativeModel
 from latentspace.progress import format_duration, is_silenced
 from latentspace.trainer.callbacks import StopTraining, call_hooks
 from latentspace.trainer.checkpoint import Checkpointing, divergence_advice
-from latentspace.trainer.progress import epoch_bar, epoch_line, seconds_left
+from latentspace.trainer.progress import epoch_bar, epoch_line
+from latentspace.trainer.stopping import Stopping
 
 __all__ = ["Trainer", "average_terms"]
 
@@ -82,7 +84,7 @@ def _rank_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-class Trainer(Checkpointing):
+class Trainer(Checkpointing, Stopping):
     """Fits `model` on `train_set`, validating on `val_set`, checkpointing into `run_dir`."""
 
     def __init__(
@@ -233,22 +235,6 @@ class Trainer(Checkpointing):
         self._finish()
         return self.records
 
-    def _time_is_up(self) -> str:
-        """train.max_minutes: why no further epoch starts, or "" when the next one fits (at the
-        pace of the slowest epoch so far in this process). Not a stop_reason: that is saved
-        with the run and ends a resumed one, while --resume must go on after a time limit."""
-        limit = self.train_config.max_minutes * 60
-        spent = time.perf_counter() - self.fit_started
-        if not limit or self.epoch >= self.train_config.epochs:
-            return ""
-        if spent + max(self.epoch_walls, default=0.0) <= limit:
-            return ""
-        return (
-            f"time limit: {spent / 60:.1f} of {limit / 60:g} minutes spent, and an epoch takes "
-            f"{format_duration(max(self.epoch_walls, default=0.0))}; stopped after epoch "
-            f"{self.epoch} of {self.train_config.epochs} (--resume {self.run_dir} goes on)"
-        )
-
     def _save_start(self) -> None:
         if not (self.run_dir / runs.STATE).exists():
             self.save()
@@ -378,59 +364,12 @@ class Trainer(Checkpointing):
             sums, count = dict(zip(keys, values, strict=True)), int(total)
         return {key: value / max(count, 1) for key, value in sums.items()}
 
-    def _early_stopping(self, val_total: float) -> None:
-        if val_total < self.best_val - self.train_config.min_delta:
-            self.best_val, self.best_epoch, self.bad_epochs = val_total, self.epoch, 0
-            return
-        self.bad_epochs += 1
-        if self._patience_spent():
-            self.stop_reason = (
-                f"early stopping: validation loss has not improved for "
-                f"{self.train_config.patience} epochs (best {self.best_val:.4g} at epoch "
-                f"{self.best_epoch})"
-            )
-
-    def _patience_spent(self) -> bool:
-        patience = self.train_config.patience
-        return bool(patience) and self.bad_epochs >= patience
-
-    def _keep_best(self, record: dict[str, Any]) -> None:
-        """With early stopping, the best epoch's weights are kept as best.safetensors, and the
-        epoch that stops training puts them back (as Keras' restore_best_weights), so the run
-        ends with the weights it stopped for, not those of `patience` worse epochs. Written
-        before the commit: a kill between the two re-runs the epoch, which saves them again."""
-        if not self.train_config.patience or self.model.monitor is None:
-            return
-        if self.best_epoch == self.epoch:
-            runs.save_model(self.run_dir, self.model, self.epoch, name=runs.BEST)
-        elif self._patience_spent():
-            if runs.load_best(self.run_dir, self.model, self.best_epoch):
-                record["restored_epoch"] = self.best_epoch
-                self.stop_reason += f"; the run keeps epoch {self.best_epoch}'s weights"
-            else:
-                self.stop_reason += (
-                    f"; epoch {self.best_epoch}'s weights were not found in {runs.BEST}: the run "
-                    "keeps the last epoch's"
-                )
-
     def _diverged(self, value: float, step: int) -> None:
         raise TrainingDiverged(
             f"loss became {value} in epoch {self.epoch + 1} by step {step + 1}: "
             f"{divergence_advice(self.train_config)}. {self.run_dir} keeps the last good state "
             f"(epoch {self.epoch})"
         )
-
-    def run_seconds_left(self, in_epoch: float = 0.0, fraction: float = 0.0) -> float:
-        """Seconds until train.epochs, at the pace of this process's epochs: `in_epoch` seconds
-        spent on the `fraction` of the epoch under way (early stopping may end it sooner), and
-        never past train.max_minutes."""
-        left = seconds_left(
-            self.epoch_walls, self.epoch, self.train_config.epochs, in_epoch, fraction
-        )
-        if self.train_config.max_minutes:
-            limit = self.train_config.max_minutes * 60
-            left = min(left, max(limit - (time.perf_counter() - self.fit_started), 0.0))
-        return left
 
     def _report(self, record: dict[str, Any]) -> None:
         if self.quiet:
