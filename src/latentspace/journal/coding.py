@@ -104,12 +104,15 @@ class SymbolCoder:
             picked = np.take_along_axis(probabilities, values[..., None], axis=2)[..., 0]
             counts = _fill(-np.log2(picked).sum(1) / 8, group_bytes)
         payloads, start = [], 0
+        orders: dict[int, np.ndarray] = {}  # a stream's symbol order, by its number of images
         for count in counts:
             chosen = slice(start, start + count)
             start += count
-            # phase by phase, image by image within a phase, in decoding order within both
-            image = np.broadcast_to(np.arange(count)[:, None], (count, len(phase)))
-            within = np.lexsort((image.ravel(), np.tile(phase, count)))
+            if count not in orders:
+                # phase by phase, image by image within a phase, in decoding order within both
+                image = np.repeat(np.arange(count), len(phase))
+                orders[count] = np.lexsort((image, np.tile(phase, count)))
+            within = orders[count]
             coder = self._stream.stack.AnsCoder()
             coder.encode_reverse(
                 np.ascontiguousarray(values[chosen].reshape(-1)[within]),
