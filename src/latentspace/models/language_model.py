@@ -180,11 +180,12 @@ class LanguageModel(GenerativeModel):
         )
         out, _ = self.decoder_rnn(packed, self.initial_hidden(z))
         logits = self.output(self.output_dropout(out.data))  # (positions, V)
-        rows = torch.arange(len(ids), device=ids.device).unsqueeze(1).expand_as(targets)
+        # each position's sentence
+        rows = pack(torch.arange(len(ids), device=ids.device).unsqueeze(1).expand_as(targets))
         if self.code_to_output is not None:
-            logits = logits + self.code_to_output(z)[pack(rows)]
+            logits = logits + self.code_to_output(z)[rows]
         nll = F.cross_entropy(logits.float(), pack(targets), ignore_index=PAD_ID, reduction="none")
-        return nll.new_zeros(len(ids)).index_add_(0, pack(rows), nll)
+        return nll.new_zeros(len(ids)).index_add_(0, rows, nll)
 
     # ---- training -------------------------------------------------------------------------
     def code_posterior(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
